@@ -1,0 +1,185 @@
+"""Pure-PyTorch selective scan: the numerical reference and the CPU path.
+
+The recurrence (Mamba S6), per batch row ``b``, channel ``d`` and state ``n``::
+
+    delta_t = softplus(delta_t + delta_bias)            (if delta_softplus)
+    h_t     = exp(delta_t * A[d, n]) * h_{t-1} + delta_t * B_t[n] * u_t
+    y_t     = sum_n C_t[n] * h_t[n] + D[d] * u_t
+    y_t     = y_t * silu(z_t)                           (if z is given)
+
+Instead of a Python loop over ``L`` steps (slow on CPU, and a deep autograd
+graph) the sequence is cut into chunks of ``CHUNK`` steps. Inside a chunk the
+state is a masked weighted sum ``h_t = sum_{s<=t} exp(S_t - S_s) dBu_s`` with
+``S`` the in-chunk cumulative sum of ``delta*A``; the exponent is a
+*difference* of cumulative sums, masked to ``-inf`` above the diagonal before
+``exp``, so no decay is ever formed as ``exp(cumsum)`` followed by a division
+(which overflows). Chunks are then chained by a short loop that carries the
+state. Autograd differentiates this directly, so the reference has gradients
+for every input and ``torch.autograd.gradcheck`` runs on it in float64.
+
+Everything is computed in float32 (float64 for float64 inputs) and cast back to
+the input dtype, like the kernels.
+"""
+from typing import Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+
+CHUNK = 32
+
+#: Scan directions of the 2D entry point. Positions are row-major flat indices
+#: ``p = h * W + w`` of the map; step ``t`` of the sequence reads position
+#: ``order[t]``.
+#:   'lr': row-major, rows top to bottom, each left to right (p = t)
+#:   'tb': column-major, columns left to right, each top to bottom
+#:   'rl': the reverse of 'lr' (starts bottom-right, right to left)
+#:   'bt': the reverse of 'tb' (starts bottom-right, bottom to top)
+DIRECTIONS = ('lr', 'tb', 'rl', 'bt')
+
+
+def direction_code(direction: Union[str, int]) -> int:
+    """Map a direction name (or its index in :data:`DIRECTIONS`) to its index."""
+    if isinstance(direction, int) and 0 <= direction < len(DIRECTIONS):
+        return direction
+    if isinstance(direction, str) and direction in DIRECTIONS:
+        return DIRECTIONS.index(direction)
+    raise ValueError(f'directions: unknown direction {direction!r}; expected one of '
+                     f'{DIRECTIONS} (or their indices 0-3)')
+
+
+def scan_order(direction: Union[str, int], height: int, width: int,
+               device: Optional[torch.device] = None) -> torch.Tensor:
+    """Row-major positions visited by a scan, as a LongTensor of length H*W."""
+    code = direction_code(direction)
+    idx = torch.arange(height * width, device=device)
+    if code in (1, 3):  # column-major: step t visits (h, w) = (t % H, t // H)
+        idx = (idx % height) * width + idx // height
+    if code in (2, 3):
+        idx = idx.flip(0)
+    return idx
+
+
+def _expand_groups(bc: torch.Tensor, dim: int) -> torch.Tensor:
+    """(batch, N, L) or (batch, G, N, L) -> (batch, dim, N, L), group g serving
+    channels [g*dim/G, (g+1)*dim/G)."""
+    if bc.dim() == 3:
+        return bc.unsqueeze(1).expand(-1, dim, -1, -1)
+    groups = bc.shape[1]
+    return bc.repeat_interleave(dim // groups, dim=1)
+
+
+def selective_scan_ref(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor,
+                       B: torch.Tensor, C: torch.Tensor, D: Optional[torch.Tensor] = None,
+                       z: Optional[torch.Tensor] = None,
+                       delta_bias: Optional[torch.Tensor] = None,
+                       delta_softplus: bool = False,
+                       return_last_state: bool = False,
+                       ) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
+    """Selective scan over the last axis.
+
+    Args:
+        u, delta: (batch, dim, L).
+        A: (dim, N).
+        B, C: (batch, N, L) or grouped (batch, G, N, L) with dim % G == 0.
+        D, delta_bias: (dim,) or None.
+        z: (batch, dim, L) or None; the output is gated by ``silu(z)``.
+    Returns:
+        y (batch, dim, L) in u's dtype; with ``return_last_state`` also the
+        final state (batch, dim, N) in float32 (float64 for float64 inputs).
+    """
+    out_dtype = u.dtype
+    cdt = torch.float64 if u.dtype == torch.float64 else torch.float32
+    batch, dim, length = u.shape
+    n_state = A.shape[1]
+    u_, dt = u.to(cdt), delta.to(cdt)
+    if delta_bias is not None:
+        dt = dt + delta_bias.to(cdt)[:, None]
+    if delta_softplus:
+        dt = F.softplus(dt)
+    Bx = _expand_groups(B.to(cdt), dim)  # (b, d, N, L)
+    Cx = _expand_groups(C.to(cdt), dim)
+
+    # Pad L to a multiple of the chunk; padded steps have delta = 0, which
+    # leaves the state unchanged (decay 1, no input).
+    n_chunks = -(-length // CHUNK)
+    pad = n_chunks * CHUNK - length
+    dA = dt[:, :, :, None] * A.to(cdt)[None, :, None, :]                       # (b, d, L, N)
+    dBu = (dt * u_)[:, :, :, None] * Bx.transpose(2, 3)                         # (b, d, L, N)
+    if pad:
+        dA = F.pad(dA, (0, 0, 0, pad))
+        dBu = F.pad(dBu, (0, 0, 0, pad))
+    dA = dA.view(batch, dim, n_chunks, CHUNK, n_state)
+    dBu = dBu.view(batch, dim, n_chunks, CHUNK, n_state)
+
+    cum = dA.cumsum(dim=3)                                                      # S_t in chunk
+    diff = cum[:, :, :, :, None, :] - cum[:, :, :, None, :, :]                  # S_t - S_s
+    causal = torch.ones(CHUNK, CHUNK, dtype=torch.bool, device=u.device).tril()
+    diff = diff.masked_fill(~causal[:, :, None], float('-inf'))
+    h_intra = (diff.exp() * dBu[:, :, :, None, :, :]).sum(dim=4)                # (b,d,c,T,N)
+
+    # Chain the chunks: h_t = h_intra_t + exp(S_t) * h_(chunk start).
+    carry = u_.new_zeros(batch, dim, n_state)
+    states = []
+    for c in range(n_chunks):
+        h_c = h_intra[:, :, c] + cum[:, :, c].exp() * carry[:, :, None, :]
+        states.append(h_c)
+        carry = h_c[:, :, -1]
+    h = torch.stack(states, dim=2).view(batch, dim, n_chunks * CHUNK, n_state)[:, :, :length]
+
+    y = (h * Cx.transpose(2, 3)).sum(dim=-1)
+    if D is not None:
+        y = y + D.to(cdt)[:, None] * u_
+    if z is not None:
+        y = y * F.silu(z.to(cdt))
+    y = y.to(out_dtype)
+    if return_last_state:
+        last = h[:, :, -1] if length > 0 else carry
+        return y, last
+    return y
+
+
+def selective_scan_2d_ref(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor,
+                          B: torch.Tensor, C: torch.Tensor,
+                          directions: Sequence[Union[str, int]],
+                          D: Optional[torch.Tensor] = None,
+                          z: Optional[torch.Tensor] = None,
+                          delta_bias: Optional[torch.Tensor] = None,
+                          delta_softplus: bool = False,
+                          return_last_state: bool = False):
+    """Directional scan of a feature map, by explicit gather/scatter copies.
+
+    Args:
+        u, delta, z: (batch, dim, H, W).
+        A: (dim, N); D, delta_bias: (dim,).
+        B, C: (batch, G, N, H, W), group g drives channels [g*dim/G, (g+1)*dim/G).
+        directions: G directions (see :data:`DIRECTIONS`), one per group.
+    Returns:
+        y (batch, dim, H, W) with every output written back at the pixel it
+        was computed for; with ``return_last_state`` also (batch, dim, N).
+    """
+    batch, dim, height, width = u.shape
+    groups = B.shape[1]
+    per = dim // groups
+    length = height * width
+    orders = [scan_order(d, height, width, u.device) for d in directions]
+    # Channel c is read in the order of its group.
+    chan_order = torch.stack([orders[c // per] for c in range(dim)])             # (dim, L)
+    grp_order = torch.stack(orders)                                              # (G, L)
+
+    def seq(x, order):  # (b, k, H, W) -> (b, k, L) in scan order
+        flat = x.reshape(x.shape[0], x.shape[1], length)
+        return flat.gather(2, order.expand(x.shape[0], -1, -1))
+
+    def seq_bc(x):  # (b, G, N, H, W) -> (b, G, N, L)
+        flat = x.reshape(batch, groups, -1, length)
+        idx = grp_order[None, :, None, :].expand(batch, -1, flat.shape[2], -1)
+        return flat.gather(3, idx)
+
+    out = selective_scan_ref(seq(u, chan_order), seq(delta, chan_order), A, seq_bc(B), seq_bc(C),
+                             D=D, z=None if z is None else seq(z, chan_order),
+                             delta_bias=delta_bias, delta_softplus=delta_softplus,
+                             return_last_state=return_last_state)
+    y, last = (out if return_last_state else (out, None))
+    inverse = chan_order.argsort(dim=1)                                          # pixel -> step
+    y_map = y.gather(2, inverse.expand(batch, -1, -1)).view(batch, dim, height, width)
+    return (y_map, last) if return_last_state else y_map

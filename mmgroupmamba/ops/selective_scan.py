@@ -1,0 +1,175 @@
+"""Public selective-scan entry points: argument checks and backend dispatch.
+
+``selective_scan`` has the contract of mamba_ssm's ``selective_scan_fn``;
+``selective_scan_2d`` scans a feature map with one direction per channel
+group, reading and writing the map in its own layout (no flipped or transposed
+copies). ``selective_scan`` is the 2D op on a 1 x L map.
+
+Backends: ``'reference'`` (pure PyTorch, :mod:`.reference`) and ``'triton'``.
+``backend=None`` picks Triton for CUDA tensors and the reference otherwise.
+"""
+from typing import Optional, Sequence, Tuple, Union
+
+import torch
+
+from .reference import DIRECTIONS, direction_code, selective_scan_2d_ref
+
+_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+BACKENDS = ('reference', 'triton')
+
+
+def _check_map_args(u, delta, A, B, C, D, z, delta_bias, directions, check_finite):
+    """Validate the 2D op's arguments (logical shapes, channels-first view).
+
+    Raises ValueError/TypeError naming the offending argument and the
+    expected form.
+    """
+    if not isinstance(u, torch.Tensor) or u.dim() != 4:
+        raise ValueError(f'u: expected a (batch, dim, H, W) tensor, got '
+                         f'{tuple(u.shape) if isinstance(u, torch.Tensor) else type(u).__name__}')
+    if u.dtype not in _FLOAT_DTYPES:
+        raise TypeError(f'u: expected a floating dtype {_FLOAT_DTYPES}, got {u.dtype}')
+    batch, dim, height, width = u.shape
+    if B is None or C is None:
+        raise ValueError('B, C: both are required tensors of shape (batch, G, N, H, W)')
+    if B.dim() != 5:
+        raise ValueError(f'B: expected (batch, G, N, H, W), got {tuple(B.shape)}')
+    groups, n_state = B.shape[1], B.shape[2]
+    if len(directions) != groups:
+        raise ValueError(f'directions: expected one direction per group of B/C (G={groups}), '
+                         f'got {len(directions)}')
+    for d in directions:
+        direction_code(d)
+    if groups == 0 or dim % groups:
+        raise ValueError(f'B: the number of groups G={groups} must divide dim={dim} (u.shape[1])')
+    expected = {
+        'delta': (u.shape, delta),
+        'z': (u.shape, z),
+        'A': ((dim, n_state), A),
+        'B': ((batch, groups, n_state, height, width), B),
+        'C': ((batch, groups, n_state, height, width), C),
+        'D': ((dim,), D),
+        'delta_bias': ((dim,), delta_bias),
+    }
+    for name, (shape, t) in expected.items():
+        if t is None:
+            if name in ('delta', 'A'):
+                raise ValueError(f'{name}: required, expected shape {tuple(shape)}')
+            continue
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f'{name}: expected a tensor of shape {tuple(shape)}, got {type(t).__name__}')
+        if tuple(t.shape) != tuple(shape):
+            raise ValueError(f'{name}: expected shape {tuple(shape)}, got {tuple(t.shape)}')
+        if t.dtype not in _FLOAT_DTYPES:
+            raise TypeError(f'{name}: expected a floating dtype, got {t.dtype}')
+        if t.device != u.device:
+            raise ValueError(f'{name}: expected a tensor on {u.device} (the device of u), got {t.device}')
+        if check_finite and not bool(torch.isfinite(t).all()):
+            raise ValueError(f'{name}: contains NaN or Inf (check_finite=True)')
+    if delta.dtype != u.dtype or (z is not None and z.dtype != u.dtype):
+        raise TypeError(f'delta, z: expected the dtype of u ({u.dtype}), got '
+                        f'delta {delta.dtype}' + ('' if z is None else f', z {z.dtype}'))
+    if check_finite and not bool(torch.isfinite(u).all()):
+        raise ValueError('u: contains NaN or Inf (check_finite=True)')
+
+
+def _pick_backend(backend: Optional[str], device: torch.device) -> str:
+    if backend is None:
+        return 'triton' if device.type == 'cuda' else 'reference'
+    if backend not in BACKENDS:
+        raise ValueError(f'backend: expected one of {BACKENDS} or None, got {backend!r}')
+    return backend
+
+
+def selective_scan_2d(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor,
+                      B: torch.Tensor, C: torch.Tensor,
+                      directions: Sequence[Union[str, int]],
+                      D: Optional[torch.Tensor] = None,
+                      z: Optional[torch.Tensor] = None,
+                      delta_bias: Optional[torch.Tensor] = None,
+                      delta_softplus: bool = False,
+                      return_last_state: bool = False,
+                      channels_last: bool = False,
+                      backend: Optional[str] = None,
+                      check_finite: bool = False,
+                      ) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
+    """Selective scan of a feature map, one scan direction per channel group.
+
+    Args:
+        u, delta, z: (batch, dim, H, W), or (batch, H, W, dim) with
+            ``channels_last=True``. Any strides.
+        A: (dim, N). D, delta_bias: (dim,).
+        B, C: (batch, G, N, H, W), or (batch, H, W, G, N) with
+            ``channels_last=True``; group g drives channels
+            [g*dim/G, (g+1)*dim/G) and scans in ``directions[g]``.
+        directions: G entries of :data:`DIRECTIONS` ('lr', 'tb', 'rl', 'bt').
+        check_finite: raise if any input holds NaN/Inf (costs a sync).
+    Returns:
+        y in u's layout and dtype; with ``return_last_state`` also the final
+        state (batch, dim, N) in float32.
+    """
+    if channels_last:
+        if u.dim() != 4 or B.dim() != 5:
+            raise ValueError('u, B: with channels_last=True expected u (batch, H, W, dim) and '
+                             f'B, C (batch, H, W, G, N), got u {tuple(u.shape)}, B {tuple(B.shape)}')
+        to_first = (lambda t: None if t is None else t.permute(0, 3, 1, 2))
+        to_first_bc = (lambda t: None if t is None else t.permute(0, 3, 4, 1, 2))
+        out = selective_scan_2d(to_first(u), to_first(delta), A, to_first_bc(B), to_first_bc(C),
+                                directions, D=D, z=to_first(z), delta_bias=delta_bias,
+                                delta_softplus=delta_softplus,
+                                return_last_state=return_last_state, backend=backend,
+                                check_finite=check_finite)
+        if return_last_state:
+            return out[0].permute(0, 2, 3, 1), out[1]
+        return out.permute(0, 2, 3, 1)
+    _check_map_args(u, delta, A, B, C, D, z, delta_bias, directions, check_finite)
+    codes = [direction_code(d) for d in directions]
+    if _pick_backend(backend, u.device) == 'triton':
+        from .triton_scan import selective_scan_2d_triton
+        return selective_scan_2d_triton(u, delta, A, B, C, codes, D, z, delta_bias,
+                                        delta_softplus, return_last_state)
+    return selective_scan_2d_ref(u, delta, A, B, C, codes, D=D, z=z, delta_bias=delta_bias,
+                                 delta_softplus=delta_softplus,
+                                 return_last_state=return_last_state)
+
+
+def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor,
+                   B: torch.Tensor, C: torch.Tensor, D: Optional[torch.Tensor] = None,
+                   z: Optional[torch.Tensor] = None,
+                   delta_bias: Optional[torch.Tensor] = None,
+                   delta_softplus: bool = False,
+                   return_last_state: bool = False,
+                   backend: Optional[str] = None,
+                   check_finite: bool = False,
+                   ) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
+    """Drop-in for mamba_ssm's ``selective_scan_fn``.
+
+    Args:
+        u, delta, z: (batch, dim, L). A: (dim, N). D, delta_bias: (dim,).
+        B, C: (batch, N, L) or grouped (batch, G, N, L), dim % G == 0.
+    Returns:
+        y (batch, dim, L) in u's dtype (and the last state (batch, dim, N)).
+    """
+    for name, t in (('u', u), ('delta', delta)):
+        if not isinstance(t, torch.Tensor) or t.dim() != 3:
+            raise ValueError(f'{name}: expected a (batch, dim, L) tensor, got '
+                             f'{tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__}')
+    for name, t in (('B', B), ('C', C)):
+        if not isinstance(t, torch.Tensor) or t.dim() not in (3, 4):
+            raise ValueError(f'{name}: expected (batch, N, L) or (batch, G, N, L), got '
+                             f'{tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__}')
+    if B.dim() != C.dim():
+        raise ValueError(f'B, C: expected the same form, got B {tuple(B.shape)} and C {tuple(C.shape)}')
+    if B.dim() == 3:
+        B, C = B.unsqueeze(1), C.unsqueeze(1)
+    as_map = (lambda t: None if t is None else t.unsqueeze(2))  # (b, k, L) -> (b, k, 1, L)
+    out = selective_scan_2d(as_map(u), as_map(delta), A, B.unsqueeze(3), C.unsqueeze(3),
+                            ('lr',) * B.shape[1], D=D, z=as_map(z), delta_bias=delta_bias,
+                            delta_softplus=delta_softplus, return_last_state=return_last_state,
+                            backend=backend, check_finite=check_finite)
+    if return_last_state:
+        return out[0].squeeze(2), out[1]
+    return out.squeeze(2)
+
+
+__all__ = ['selective_scan', 'selective_scan_2d', 'DIRECTIONS', 'BACKENDS']
