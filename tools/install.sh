@@ -79,9 +79,8 @@ if ! mmcv_ok; then
   else
     log "reusing cached mmcv wheel from $wheel_dir"
   fi
-  pip_install --no-deps --force-reinstall "$wheel_dir"/mmcv-*.whl
-  # mmcv's own runtime requirements (addict, yapf, opencv, ...), without touching torch.
-  pip_install addict packaging pillow pyyaml yapf opencv-python-headless
+  # mmcv's runtime requirements come along (it does not require torch, so torch is untouched).
+  pip_install --force-reinstall "$wheel_dir"/mmcv-*.whl "mmengine==0.10.7"
   mmcv_ok || { log "mmcv installed but mmcv.ops does not import"; exit 1; }
 fi
 
