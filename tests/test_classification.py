@@ -1,0 +1,167 @@
+"""mmpretrain side of GroupMamba: the distillation loss against a hand
+computation, the classifier/teacher plumbing, cached teacher predictions, and
+the demo config end to end (tools/train.py, tools/test.py, mim)."""
+import math
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+from mmengine.config import Config
+from mmpretrain.structures import DataSample
+
+import mmgroupmamba  # noqa: F401  (registers the modules)
+from mmgroupmamba.models.classification import (DistillationClsHead, HardDistillationLoss,
+                                                TeacherCacheDataPreprocessor)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEMO = os.path.join(ROOT, 'configs', 'classification', 'groupmamba-tiny_demo.py')
+DEMO_DISTILL = os.path.join(ROOT, 'configs', 'classification', 'groupmamba-tiny_demo-distill.py')
+
+
+def _ce(logits, label):
+    """-log softmax(logits)[label], by hand."""
+    return -(logits[label] - math.log(sum(math.exp(v) for v in logits)))
+
+
+def test_hard_distillation_loss_matches_hand_computation():
+    cls = torch.tensor([[2.0, 0.5, -1.0], [0.1, 0.2, 0.3]])
+    dist = torch.tensor([[0.0, 1.0, 0.0], [1.5, -0.5, 0.2]])
+    teacher = torch.tensor([[0.1, 3.0, 0.2], [2.0, 1.0, 0.0]])  # argmax: 1, 0
+    labels = torch.tensor([0, 2])
+    loss = HardDistillationLoss(alpha=0.3, label_loss=dict(type='CrossEntropyLoss'))
+    out = loss(cls, dist, labels, teacher)
+    want_cls = 0.3 * (_ce(cls[0].tolist(), 0) + _ce(cls[1].tolist(), 2)) / 2
+    want_dist = 0.7 * (_ce(dist[0].tolist(), 1) + _ce(dist[1].tolist(), 0)) / 2
+    assert out['loss_cls'].item() == pytest.approx(want_cls, rel=1e-6)
+    assert out['loss_distill'].item() == pytest.approx(want_dist, rel=1e-6)
+
+
+def test_hard_distillation_loss_with_label_smoothing_and_soft_targets():
+    cls, dist, teacher = torch.randn(4, 5), torch.randn(4, 5), torch.randn(4, 5)
+    soft = torch.softmax(torch.randn(4, 5), dim=1)  # mixed targets
+    out = HardDistillationLoss(alpha=0.5)(cls, dist, soft, teacher)
+    smoothed = soft * 0.9 + 0.1 / 5  # mmpretrain LabelSmoothLoss 'original' on soft targets
+    want = 0.5 * (-(smoothed * F.log_softmax(cls, dim=1)).sum(1)).mean()
+    assert out['loss_cls'].item() == pytest.approx(want.item(), rel=1e-5)
+
+
+def test_loss_errors_name_the_argument():
+    with pytest.raises(ValueError, match='alpha'):
+        HardDistillationLoss(alpha=1.5)
+    with pytest.raises(ValueError, match='teacher_score'):
+        HardDistillationLoss()(torch.randn(2, 3), torch.randn(2, 3), torch.tensor([0, 1]),
+                               torch.randn(2, 4))
+
+
+def test_head_trains_two_heads_and_averages_at_test():
+    head = DistillationClsHead(num_classes=3, in_channels=8,
+                               loss=dict(type='HardDistillationLoss', alpha=0.5))
+    feats = (torch.randn(2, 8), )
+    samples = [DataSample().set_gt_label(0), DataSample().set_gt_label(2)]
+    head.train()
+    losses = head.loss(feats, samples, teacher_score=torch.randn(2, 3))
+    assert set(losses) == {'loss_cls', 'loss_distill'}
+    (losses['loss_cls'] + losses['loss_distill']).backward()
+    assert head.fc.weight.grad.abs().sum() > 0 and head.dist_fc.weight.grad.abs().sum() > 0
+    head.eval()
+    pred = head.predict(feats, [DataSample(), DataSample()])
+    want = torch.softmax((head.fc(feats[0]) + head.dist_fc(feats[0])) / 2, dim=1)
+    torch.testing.assert_close(torch.stack([p.pred_score for p in pred]), want)
+    with pytest.raises(ValueError, match='teacher_score'):
+        head.train().loss(feats, samples)
+
+
+def _build(cfg_path, **overrides):
+    from mmpretrain.registry import MODELS
+    cfg = Config.fromfile(cfg_path)
+    cfg.model.setdefault('data_preprocessor', cfg.get('data_preprocessor'))
+    cfg.merge_from_dict(overrides)
+    return MODELS.build(cfg.model)
+
+
+def test_teacher_is_frozen_out_of_state_dict_and_sees_the_student_batch():
+    model = _build(DEMO_DISTILL)
+    assert model.teacher_cfg is not None and model._teacher is None  # built on first use
+    seen = {}
+    teacher = model.teacher
+    teacher.register_forward_pre_hook(lambda m, args: seen.setdefault('x', args[0]))
+    x = torch.randn(2, 3, 64, 64)
+    samples = [DataSample().set_gt_label(1), DataSample().set_gt_label(3)]
+    losses = model.loss(x, samples)
+    assert torch.equal(seen['x'], x)
+    assert not any(p.requires_grad for p in teacher.parameters()) and not teacher.training
+    assert not any(k.startswith('teacher') or '_teacher' in k for k in model.state_dict())
+    assert all(p is not q for p in model.parameters() for q in teacher.parameters())
+    sum(losses.values()).backward()
+
+
+def test_distillation_head_without_teacher_is_refused():
+    with pytest.raises(ValueError, match='teacher'):
+        _build(DEMO_DISTILL, **{'model.teacher': None})
+
+
+def test_cached_teacher_predictions_are_mixed_with_the_labels(tmp_path):
+    cache = tmp_path / 'topk.pth'
+    paths = ['a.jpg', 'b.jpg']
+    torch.save(dict(img_paths=paths, num_classes=4,
+                    topk_indices=torch.tensor([[2, 0], [1, 3]], dtype=torch.int32),
+                    topk_logits=torch.tensor([[5.0, 0.0], [0.0, 5.0]]).half()), cache)
+    prep = TeacherCacheDataPreprocessor(
+        cache=str(cache), num_classes=4,
+        batch_augments=dict(augments=[dict(type='Mixup', alpha=1.0)]))
+    torch.manual_seed(0)
+    samples = [DataSample(metainfo=dict(img_path=p)).set_gt_label(lbl)
+               for p, lbl in zip(paths, (0, 1))]
+    out = prep(dict(inputs=[torch.zeros(3, 4, 4, dtype=torch.uint8),
+                            torch.ones(3, 4, 4, dtype=torch.uint8)], data_samples=samples),
+               training=True)
+    probs = torch.zeros(2, 4)
+    probs[0, [2, 0]] = torch.tensor([5.0, 0.0]).softmax(0)
+    probs[1, [1, 3]] = torch.tensor([0.0, 5.0]).softmax(0)
+    # The label score and the teacher score are mixed with the same lambda/permutation.
+    for sample in out['data_samples']:
+        label, teacher = sample.gt_score, sample.teacher_score
+        lam = label[0].item()  # the weight of image 'a' (label 0) in this sample's mix
+        torch.testing.assert_close(teacher, lam * probs[0] + (1 - lam) * probs[1], atol=1e-3,
+                                   rtol=1e-3)
+    with pytest.raises(KeyError, match='c.jpg'):
+        prep(dict(inputs=[torch.zeros(3, 4, 4, dtype=torch.uint8)],
+                  data_samples=[DataSample(metainfo=dict(img_path='c.jpg')).set_gt_label(0)]),
+             training=True)
+
+
+def _run(args, **kwargs):
+    return subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=900, **kwargs)
+
+
+def test_demo_config_trains_and_evaluates_end_to_end(tmp_path):
+    """One epoch-capped run of the README's main job through tools/train.py,
+    then tools/test.py (also with --tta) on the saved checkpoint."""
+    work = tmp_path / 'demo'
+    opts = ['--cfg-options', 'train_cfg.max_epochs=1', 'train_cfg.val_interval=1',
+            'default_hooks.checkpoint.interval=1',
+            'train_dataloader.dataset.indices=8', 'val_dataloader.dataset.indices=8']
+    out = _run([sys.executable, 'tools/train.py', DEMO, '--work-dir', str(work)] + opts)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert 'accuracy/top1' in out.stdout + out.stderr
+    ckpt = work / 'epoch_1.pth'
+    for extra in ([], ['--tta']):
+        out = _run([sys.executable, 'tools/test.py', DEMO, str(ckpt), '--work-dir',
+                    str(tmp_path / 'test')] + extra + ['--cfg-options',
+                                                       'test_dataloader.dataset.indices=4'])
+        assert out.returncode == 0, out.stderr[-3000:]
+        assert 'accuracy/top1' in out.stdout + out.stderr
+
+
+def test_mim_train_mmpretrain_demo(tmp_path):
+    mim = shutil.which('mim', path=os.path.dirname(sys.executable))
+    assert mim, 'openmim is part of the test environment'
+    out = _run([mim, 'train', 'mmpretrain', DEMO, '--work-dir', str(tmp_path),
+                '--cfg-options', 'train_cfg.max_epochs=1', 'train_cfg.val_interval=1',
+                'train_dataloader.dataset.indices=4', 'val_dataloader.dataset.indices=4'])
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+    assert (tmp_path / 'epoch_1.pth').exists()

@@ -1,0 +1,105 @@
+"""Throughput and peak memory of GroupMamba T/S/B on a GPU (the issue's protocol).
+
+    python tools/benchmark_model.py [--models groupmamba_tiny ...] [--batch 128] [--size 224]
+           [--modes infer_fp32 infer_amp train_amp] [--compile] [--json OUT]
+
+Per model and mode: images/s over ``--iters`` timed steps after ``--warmup``
+steps (CUDA events, synchronised), and the peak allocated GPU memory of that
+mode (``torch.cuda.max_memory_allocated`` after a reset). Training is one
+AdamW step with the averaged head + dist-head cross-entropy (the distillation
+teacher is not part of the student's cost and is left out, as in the anchor).
+AMP is fp16 autocast with a GradScaler, as the official training.
+"""
+import argparse
+import json
+import sys
+
+import torch
+import torch.nn.functional as F
+
+import mmgroupmamba
+
+
+def _timed(step, warmup: int, iters: int) -> float:
+    """Mean seconds per call of ``step``."""
+    for _ in range(warmup):
+        step()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(iters):
+        step()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / 1000 / iters
+
+
+def bench(name: str, mode: str, batch: int, size: int, warmup: int, iters: int,
+          compile_model: bool) -> dict:
+    torch.manual_seed(0)
+    model = mmgroupmamba.create_model(name, num_classes=1000, distillation=True).cuda()
+    if compile_model:
+        model = torch.compile(model)
+    x = torch.randn(batch, 3, size, size, device='cuda')
+    target = torch.randint(0, 1000, (batch, ), device='cuda')
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    if mode.startswith('infer'):
+        model.eval()
+        amp = mode == 'infer_amp'
+
+        @torch.inference_mode()
+        def step():
+            with torch.autocast('cuda', dtype=torch.float16, enabled=amp):
+                model(x)
+    else:
+        model.train()
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        scaler = torch.amp.GradScaler('cuda')
+
+        def step():
+            with torch.autocast('cuda', dtype=torch.float16, enabled=mode == 'train_amp'):
+                cls, dist = model(x)
+                loss = 0.5 * F.cross_entropy(cls, target) + 0.5 * F.cross_entropy(dist, target)
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+
+    sec = _timed(step, warmup, iters)
+    return dict(model=name, mode=mode, batch=batch, size=size, compiled=compile_model,
+                img_per_s=batch / sec, peak_gib=torch.cuda.max_memory_allocated() / 2**30)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--models', nargs='+',
+                        default=['groupmamba_tiny', 'groupmamba_small', 'groupmamba_base'])
+    parser.add_argument('--modes', nargs='+', default=['infer_fp32', 'infer_amp', 'train_amp'])
+    parser.add_argument('--batch', type=int, default=128)
+    parser.add_argument('--size', type=int, default=224)
+    parser.add_argument('--warmup', type=int, default=10)
+    parser.add_argument('--iters', type=int, default=30)
+    parser.add_argument('--compile', action='store_true', help='torch.compile the model')
+    parser.add_argument('--json', help='also write the rows to this file')
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        sys.exit('benchmark_model.py needs a CUDA GPU')
+    print(f'# {torch.cuda.get_device_name()} | torch {torch.__version__} | '
+          f'triton {getattr(__import__("triton"), "__version__", "?")}', flush=True)
+    rows = []
+    print('| model | mode | batch | img/s | peak GiB |')
+    print('|---|---|---|---|---|')
+    for name in args.models:
+        for mode in args.modes:
+            row = bench(name, mode, args.batch, args.size, args.warmup, args.iters, args.compile)
+            rows.append(row)
+            print(f"| {name} | {mode}{' (compiled)' if args.compile else ''} | {args.batch} | "
+                  f"{row['img_per_s']:.0f} | {row['peak_gib']:.1f} |", flush=True)
+    if args.json:
+        with open(args.json, 'w') as f:
+            json.dump(rows, f, indent=1)
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,113 @@
+"""Evaluate any mmgroupmamba config, optionally with test-time augmentation.
+
+    python tools/test.py CONFIG CHECKPOINT [--tta] [--work-dir DIR] [--out FILE]
+           [--show-dir DIR] [--cfg-options k=v ...] [--launcher pytorch]
+
+``--tta`` follows each library's convention, chosen by the config's
+``default_scope``: mmseg uses the config's ``tta_model``/``tta_pipeline``
+(multi-scale 0.5-1.75 + flip for ADE20K), mmpretrain averages the scores of
+the image and its flip, mmdet merges the boxes of the image and its flip
+(mmdet's DetTTAModel does not merge masks).
+"""
+import argparse
+import copy
+import os
+import os.path as osp
+
+from mmengine.config import Config, ConfigDict, DictAction
+from mmengine.runner import Runner
+
+import mmgroupmamba  # noqa: F401  (registers modules and the checkpoint loader)
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description='Test (and evaluate) a model')
+    parser.add_argument('config', help='test config file path')
+    parser.add_argument('checkpoint', help='checkpoint file')
+    parser.add_argument('--work-dir', help='the dir to save the evaluation metrics')
+    parser.add_argument('--out', help='dump predictions to this pickle file')
+    parser.add_argument('--show-dir', help='draw predictions into this dir (under the work dir)')
+    parser.add_argument('--tta', action='store_true', help='test-time augmentation')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='override config settings, key=value')
+    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none')
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    args = parser.parse_args()
+    if 'LOCAL_RANK' not in os.environ:
+        os.environ['LOCAL_RANK'] = str(args.local_rank)
+    return args
+
+
+def _flip_tta_pipeline(test_pipeline: list, pack_meta_keys: tuple = ()) -> list:
+    """The test pipeline with its packing step replaced by (flip, no flip) views."""
+    pipeline = copy.deepcopy(test_pipeline)
+    pack = copy.deepcopy(pipeline[-1])
+    if pack_meta_keys:
+        pack['meta_keys'] = tuple(pack.get('meta_keys', ())) + pack_meta_keys
+    pipeline[-1] = dict(type='TestTimeAug',
+                        transforms=[[dict(type='RandomFlip', prob=1.0),
+                                     dict(type='RandomFlip', prob=0.0)], [pack]])
+    return pipeline
+
+
+def enable_tta(cfg: Config) -> Config:
+    scope = cfg.get('default_scope')
+    if 'tta_model' not in cfg:
+        if scope == 'mmpretrain':
+            cfg.tta_model = dict(type='AverageClsScoreTTA')
+        elif scope == 'mmdet':
+            cfg.tta_model = dict(type='DetTTAModel', tta_cfg=dict(
+                nms=dict(type='nms', iou_threshold=0.5), max_per_img=100))
+        else:
+            raise RuntimeError(f'--tta: the config (default_scope={scope!r}) defines no tta_model')
+    if 'tta_pipeline' not in cfg:
+        test_pipeline = cfg.test_dataloader.dataset.pipeline
+        if scope == 'mmpretrain':
+            cfg.tta_pipeline = _flip_tta_pipeline(test_pipeline)
+        elif scope == 'mmdet':
+            cfg.tta_pipeline = _flip_tta_pipeline(
+                test_pipeline, ('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor',
+                                'flip', 'flip_direction'))
+        else:
+            raise RuntimeError(f'--tta: the config (default_scope={scope!r}) defines no tta_pipeline')
+    cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
+    cfg.tta_model.module = cfg.model
+    cfg.model = cfg.tta_model
+    return cfg
+
+
+def enable_visualization(cfg: Config, show_dir: str) -> Config:
+    hooks = cfg.default_hooks
+    if 'visualization' not in hooks:
+        raise RuntimeError('--show-dir: the config has no visualization hook')
+    hooks.visualization.draw = True
+    if cfg.get('default_scope') == 'mmpretrain':
+        hooks.visualization.enable = True
+    hooks.visualization.test_out_dir = show_dir
+    return cfg
+
+
+def main() -> None:
+    args = parse_args()
+    cfg = Config.fromfile(args.config)
+    if args.cfg_options is not None:
+        cfg.merge_from_dict(args.cfg_options)
+    cfg.launcher = args.launcher
+    if args.work_dir is not None:
+        cfg.work_dir = args.work_dir
+    elif cfg.get('work_dir') is None:
+        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
+    cfg.load_from = args.checkpoint
+    if args.show_dir:
+        cfg = enable_visualization(cfg, args.show_dir)
+    if args.tta:
+        cfg = enable_tta(cfg)
+    runner = Runner.from_cfg(cfg)
+    if args.out:
+        from mmengine.evaluator import DumpResults
+        runner.test_evaluator.metrics.append(DumpResults(out_file_path=args.out))
+    runner.test()
+
+
+if __name__ == '__main__':
+    main()
