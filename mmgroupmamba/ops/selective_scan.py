@@ -5,14 +5,18 @@
 group, reading and writing the map in its own layout (no flipped or transposed
 copies). ``selective_scan`` is the 2D op on a 1 x L map.
 
-Backends: ``'reference'`` (pure PyTorch, :mod:`.reference`) and ``'triton'``.
-``backend=None`` picks Triton for CUDA tensors and the reference otherwise.
+Backends: ``'reference'`` (pure PyTorch, :mod:`.reference`) and ``'triton'``
+(:mod:`.triton_scan`). ``backend=None`` picks Triton for CUDA tensors and the
+reference otherwise. Both run behind the custom op
+``torch.ops.mmgroupmamba.selective_scan_2d_fwd`` (:mod:`.library`).
 """
+import os
 from typing import Optional, Sequence, Tuple, Union
 
 import torch
 
-from .reference import DIRECTIONS, direction_code, selective_scan_2d_ref
+from . import library  # noqa: F401  (registers torch.ops.mmgroupmamba.*)
+from .reference import DIRECTIONS, direction_code
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 BACKENDS = ('reference', 'triton')
@@ -124,13 +128,15 @@ def selective_scan_2d(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor,
         return out.permute(0, 2, 3, 1)
     _check_map_args(u, delta, A, B, C, D, z, delta_bias, directions, check_finite)
     codes = [direction_code(d) for d in directions]
-    if _pick_backend(backend, u.device) == 'triton':
-        from .triton_scan import selective_scan_2d_triton
-        return selective_scan_2d_triton(u, delta, A, B, C, codes, D, z, delta_bias,
-                                        delta_softplus, return_last_state)
-    return selective_scan_2d_ref(u, delta, A, B, C, codes, D=D, z=z, delta_bias=delta_bias,
-                                 delta_softplus=delta_softplus,
-                                 return_last_state=return_last_state)
+    use_triton = _pick_backend(backend, u.device) == 'triton'
+    if use_triton and not u.is_cuda and os.environ.get('TRITON_INTERPRET', '0') != '1':
+        raise ValueError(f'backend: the Triton kernels need CUDA tensors (or TRITON_INTERPRET=1), '
+                         f'got u on {u.device}')
+    # One custom op for both backends: autograd, torch.compile and the FLOP
+    # counter see the same node whichever implementation runs.
+    y, last, _ = torch.ops.mmgroupmamba.selective_scan_2d_fwd(
+        u, delta, A, B, C, D, z, delta_bias, codes, bool(delta_softplus), use_triton)
+    return (y, last) if return_last_state else y
 
 
 def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor,

@@ -1,0 +1,27 @@
+"""Fixtures of the selective-scan tests: where the Triton kernels run."""
+import pytest
+import torch
+
+
+@pytest.fixture
+def kernel_device(request) -> str:
+    """'cuda' with ``--gpu`` (compiled kernels), else 'cpu' (interpreter)."""
+    if request.config.getoption('--gpu'):
+        if not torch.cuda.is_available():
+            pytest.skip('--gpu given but CUDA is not available')
+        return 'cuda'
+    return 'cpu'
+
+
+@pytest.fixture
+def scan_override():
+    """Set triton_scan.CONFIG_OVERRIDE for one test, restored afterwards."""
+    from mmgroupmamba.ops import triton_scan
+    saved = dict(triton_scan.CONFIG_OVERRIDE)
+
+    def set_(**kw):
+        triton_scan.CONFIG_OVERRIDE.clear()
+        triton_scan.CONFIG_OVERRIDE.update(kw)
+    yield set_
+    triton_scan.CONFIG_OVERRIDE.clear()
+    triton_scan.CONFIG_OVERRIDE.update(saved)

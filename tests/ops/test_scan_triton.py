@@ -1,0 +1,108 @@
+"""Triton kernels vs the float64 reference: forward, every gradient, layouts,
+directions, chunk boundaries and the split-L path.
+
+Runs under TRITON_INTERPRET=1 on CPU by default (tests/conftest.py); with
+``pytest tests/ops --gpu`` the same tests run compiled on CUDA.
+"""
+import pytest
+import torch
+from scan_utils import make_inputs, rel_err, run_scan
+
+from mmgroupmamba.ops import selective_scan, selective_scan_2d
+
+TOL = 1e-4  # relative (norm) error, fp32
+
+
+def _check(inp, dirs, softplus, tol=TOL):
+    y, last, grads = run_scan(inp, dirs, softplus, backend='triton')
+    y64, last64, grads64 = run_scan(inp, dirs, softplus, backend=None, reference64=True)
+    # y takes u's layout (u's own strides when u is dense)
+    assert y.dtype == inp['u'].dtype and y.stride() == torch.empty_like(inp['u']).stride()
+    errs = {'y': rel_err(y.cpu(), y64), 'last': rel_err(last.cpu(), last64)}
+    for k, g in grads.items():
+        assert g.shape == inp[k].shape, k
+        errs['d' + k] = rel_err(g.cpu(), grads64[k])
+    bad = {k: v for k, v in errs.items() if not v <= tol}
+    assert not bad, f'relative errors over {tol}: {bad}'
+
+
+# (batch, dim, groups, N, H, W, directions, D, z, bias, softplus)
+CASES = [
+    (2, 8, 2, 1, 3, 5, ('lr', 'tb'), True, True, True, True),
+    (1, 8, 4, 1, 5, 4, ('lr', 'tb', 'rl', 'bt'), True, False, True, True),
+    (1, 4, 1, 4, 3, 3, ('bt',), False, True, False, False),
+    (2, 6, 1, 16, 2, 3, ('rl',), True, False, True, True),
+    (1, 12, 2, 4, 6, 2, ('tb', 'rl'), False, False, False, True),   # 6 channels/group: 2 tiles, atomics
+    (1, 4, 2, 1, 1, 1, ('lr', 'bt'), True, True, True, True),       # L = 1
+]
+
+
+@pytest.mark.parametrize('case', CASES, ids=[f'case{i}' for i in range(len(CASES))])
+def test_kernels_match_reference(case, kernel_device):
+    batch, dim, groups, n, h, w, dirs, with_d, with_z, with_bias, sp = case
+    inp = make_inputs(batch, dim, groups, n, h, w, with_d, with_z, with_bias, device=kernel_device)
+    _check(inp, dirs, sp)
+
+
+@pytest.mark.parametrize('length', [1, 15, 16, 17, 37])
+def test_chunk_boundaries_1d(length, kernel_device, scan_override):
+    """1D scans whose length straddles the chunk (BT = 16) boundary."""
+    scan_override(BT=16, BD=4)
+    inp = make_inputs(2, 4, 1, 1, 1, length, device=kernel_device, seed=length)
+    _check(inp, ('lr',), True)
+
+
+@pytest.mark.parametrize('cps', [1, 2])
+def test_split_path(cps, kernel_device, scan_override):
+    """Segments of 1-2 chunks run by different programs (summary + carry)."""
+    scan_override(BT=16, BD=4, CPS=cps)
+    inp = make_inputs(1, 8, 4, 2 if cps == 2 else 1, 4, 5, device=kernel_device, seed=cps)
+    _check(inp, ('lr', 'tb', 'rl', 'bt'), True)
+
+
+@pytest.mark.parametrize('layout', ['channels_last', 'strided'])
+def test_layouts(layout, kernel_device):
+    inp = make_inputs(2, 8, 4, 1, 4, 5, layout=layout, device=kernel_device)
+    _check(inp, ('lr', 'tb', 'rl', 'bt'), True)
+
+
+def test_directions_match_hand_permuted_1d(kernel_device):
+    """Each direction of the 2D op == flipping/transposing by hand + 1D op."""
+    inp = make_inputs(1, 4, 1, 2, 3, 4, device=kernel_device)
+    u, dt, A, B, C, D, z, bias = (inp[k].detach() for k in ('u', 'delta', 'A', 'B', 'C', 'D',
+                                                            'z', 'delta_bias'))
+    to_seq = {
+        'lr': lambda x: x.flatten(-2),
+        'tb': lambda x: x.transpose(-1, -2).flatten(-2),
+        'rl': lambda x: x.flatten(-2).flip(-1),
+        'bt': lambda x: x.transpose(-1, -2).flatten(-2).flip(-1),
+    }
+    for name, seq in to_seq.items():
+        y2 = selective_scan_2d(u, dt, A, B, C, (name,), D=D, z=z, delta_bias=bias,
+                               delta_softplus=True, backend='triton')
+        y1 = selective_scan(seq(u), seq(dt), A, seq(B[:, 0]), seq(C[:, 0]), D=D, z=seq(z),
+                            delta_bias=bias, delta_softplus=True, backend='triton')
+        assert rel_err(seq(y2).cpu(), y1.cpu()) < 1e-6, name
+
+
+def test_bf16_inputs(kernel_device):
+    """bf16 maps are loaded and cast: fp32 state, bf16 output."""
+    inp = make_inputs(1, 4, 2, 1, 3, 4, dtype=torch.bfloat16, device=kernel_device)
+    y, last, grads = run_scan(inp, ('lr', 'bt'), True, backend='triton')
+    y64, last64, grads64 = run_scan(inp, ('lr', 'bt'), True, backend=None, reference64=True)
+    assert y.dtype == torch.bfloat16 and last.dtype == torch.float32
+    assert rel_err(y.float().cpu(), y64) < 1e-2
+    for k in ('u', 'delta', 'B', 'C'):
+        assert grads[k].dtype == torch.bfloat16
+        assert rel_err(grads[k].float().cpu(), grads64[k]) < 2e-2, k
+
+
+@pytest.mark.parametrize('shape', [(2, 64, 4, 1, 14, 14), (1, 32, 2, 16, 8, 9)])
+def test_default_gpu_tiles(shape, request):
+    """Larger shapes with the heuristic (GPU) tiles; GPU only (too slow to interpret)."""
+    if not request.config.getoption('--gpu'):
+        pytest.skip('GPU-only (heuristic tiles)')
+    if not torch.cuda.is_available():
+        pytest.skip('no CUDA')
+    inp = make_inputs(*shape, device='cuda')
+    _check(inp, ('lr', 'tb', 'rl', 'bt')[:shape[2]], True)
