@@ -296,11 +296,11 @@ class GroupedDirectionalSSM(nn.Module):
         nn.init.uniform_(self.x_proj_weight, -bound, bound)
         std = self.dt_rank ** -0.5
         nn.init.uniform_(self.dt_projs_weight, -std, std)
-        dt = torch.exp(torch.rand(self.groups, self.group_dim)
+        dt = torch.exp(torch.rand(self.groups, self.group_dim, device=self.dt_projs_bias.device)
                        * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
         dt = dt.clamp(min=dt_init_floor)
         self.dt_projs_bias.copy_(dt + torch.log(-torch.expm1(-dt)))
-        a = torch.arange(1, self.d_state + 1, dtype=torch.float32)
+        a = torch.arange(1, self.d_state + 1, dtype=torch.float32, device=self.A_logs.device)
         self.A_logs.copy_(torch.log(a).expand(self.dim, -1))
         self.Ds.fill_(1.0)
 
@@ -725,7 +725,8 @@ class GroupMamba(nn.Module):
         self.embed_dims = dims
 
         self.stem = ConvStem(in_channels, self.arch['stem_channels'], dims[0])
-        dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        total = sum(depths)  # linear 0 -> drop_path_rate over all blocks (as torch.linspace)
+        dpr = [drop_path_rate * j / (total - 1) if total > 1 else 0.0 for j in range(total)]
         self.stages = nn.ModuleList()
         cur = 0
         for i in range(n):
