@@ -100,11 +100,14 @@ def resolve_arch(arch: Union[str, Mapping]) -> Dict[str, Tuple[int, ...]]:
         if d % 4 or d < 16:
             raise ValueError(f"arch['embed_dims']: every stage width must be divisible by 4 "
                              f"(one channel group per scan direction) and at least 16 (the "
-                             f"channel-affinity bottleneck is width // 16), got {out['embed_dims']}")
+                             f"channel-affinity bottleneck is width // 16), "
+                             f"got {out['embed_dims']}")
     if any(int(d) < 1 for d in out['depths']):
-        raise ValueError(f"arch['depths']: every stage needs at least one block, got {out['depths']}")
+        raise ValueError(f"arch['depths']: every stage needs at least one block, "
+                         f"got {out['depths']}")
     if out['stem_channels'] < 1:
-        raise ValueError(f"arch['stem_channels']: expected a positive int, got {out['stem_channels']}")
+        raise ValueError(f"arch['stem_channels']: expected a positive int, "
+                         f"got {out['stem_channels']}")
     return out
 
 
@@ -315,7 +318,7 @@ class GroupedDirectionalSSM(nn.Module):
         xz = torch.einsum('bhwgi,goi->bhwgo', x.reshape(b, h, w, G, c), self.in_proj_weight)
         xs, z = xz.split(c, dim=-1)                                   # (b,h,w,G,c) each
         z = F.silu(z).reshape(b, h, w, dim)
-        xs = xs.reshape(b, h, w, dim).permute(0, 3, 1, 2)              # NCHW view, channels-last memory
+        xs = xs.reshape(b, h, w, dim).permute(0, 3, 1, 2)              # NCHW, channels-last memory
         xs = F.silu(self.conv2d(xs)).permute(0, 2, 3, 1)              # (b,h,w,C)
         x_dbl = torch.einsum('bhwgd,gkd->bhwgk', xs.reshape(b, h, w, G, c), self.x_proj_weight)
         dts, Bs, Cs = x_dbl.split([R, N, N], dim=-1)                 # (b,h,w,G,R|N|N)
@@ -666,7 +669,9 @@ class GroupMamba(nn.Module):
             ``mlp_ratios``.
         in_channels: input channels.
         out_indices: stages whose maps are returned (0-based; negative
-            counts from the end). Stages after the last one are not run.
+            counts from the end). Stages after the last one are built (so
+            that checkpoints load) but not run; their parameters get no
+            gradients (DDP then needs find_unused_parameters).
         frozen_stages: -1 freezes nothing; 0 freezes the stem; k >= 1 the
             stem and stages 0..k-1 (eval mode, no gradients).
         norm_eval: keep the (stem) BatchNorms in eval mode while training.
@@ -685,10 +690,12 @@ class GroupMamba(nn.Module):
             official ones (auto-detected, converted); classification-only
             keys (class tail, heads) are dropped.
 
-    Input: (B, in_channels, H, W), any H, W. Every stride-2 conv has kernel 3
-    (7 in the stem) with padding 1 (3), so each stride-2 step maps a side s to
-    ceil(s / 2) -- zero padding on the top/left and, for odd sides, the
-    bottom/right border; no extra padding or cropping is done.
+    Input: (B, in_channels, H, W), any H, W. Padding rule: every stride-2
+    conv (the stem's 7x7, then 3x3s) zero-pads (k - 1) / 2 pixels on each
+    side, so it maps a side s to floor((s - 1) / 2) + 1 = ceil(s / 2) (for
+    even s the last bottom/right pad is never read). No other padding or
+    cropping is done, and the scans run on the exact map, so results do not
+    depend on any padding beyond the convolutions' own.
     Output: tuple of (B, C_i, ceil(H / 2^(i+2)), ceil(W / 2^(i+2))) for i in
     out_indices (strides 4, 8, 16, 32), contiguous NCHW.
     """
@@ -743,8 +750,9 @@ class GroupMamba(nn.Module):
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
         if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != self.in_channels:
             got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-            raise ValueError(f'x: expected an image batch of shape (batch, {self.in_channels}, H, W) '
-                             f'(in_channels={self.in_channels}), got {got}')
+            raise ValueError(f'x: expected an image batch of shape '
+                             f'(batch, {self.in_channels}, H, W) (in_channels='
+                             f'{self.in_channels}), got {got}')
         x = self.stem(x)
         outs = []
         for i, stage in enumerate(self.stages):
