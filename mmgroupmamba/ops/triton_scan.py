@@ -93,10 +93,21 @@ def scan_config(batch: int, dim: int, groups: int, n_state: int, height: int, wi
     per = dim // groups
     small = _INTERPRET or not on_gpu
     np_ = _np2(n_state)
-    bd_max, elems = (4, 64) if small else (32, 2048)
-    bd = CONFIG_OVERRIDE.get('BD', min(_np2(per), bd_max))
+    sms = 1 if small else torch.cuda.get_device_properties(
+        torch.cuda.current_device()).multi_processor_count
+    # Measured on an H100 (docs/benchmarks.md, sweep): with many rows, narrow
+    # one-warp programs (4 channels x 128 steps) beat wide ones; with few rows
+    # (dense maps, split over L) 16 channels x 128 steps on 4 warps did best.
+    if small:
+        bd, elems, warps = min(_np2(per), 4), 64, 1
+    elif batch * groups * _cdiv(per, min(_np2(per), 4)) >= 2 * sms:
+        bd, elems, warps = min(_np2(per), 4), 512, 1
+    else:
+        bd, elems, warps = min(_np2(per), 16), 2048, 4
+    bd = CONFIG_OVERRIDE.get('BD', bd)
     bt = CONFIG_OVERRIDE.get('BT', max(min(elems // (bd * np_), 512), 16))
-    bt = min(bt, _np2(height * width))
+    # at least 16 steps: 1-step tiles miscompiled (garbage dA on an H100)
+    bt = max(min(bt, _np2(height * width)), 16)
     bo_r, bi_r, nch_r = _line_tile(height, width, bt)   # rows: outer h, inner w
     bo_c, bi_c, nch_c = _line_tile(width, height, bt)   # columns: outer w, inner h
     has_r = any(c in (0, 2) for c in codes)
@@ -106,17 +117,16 @@ def scan_config(batch: int, dim: int, groups: int, n_state: int, height: int, wi
     rows = batch * groups * n_dt
     if 'CPS' in CONFIG_OVERRIDE:
         cps = CONFIG_OVERRIDE['CPS']
-    elif small:
+    elif small or rows >= 2 * sms:
         cps = nch
     else:
         # Split a sequence over programs only when rows alone leave SMs idle:
         # the summary pass re-reads delta, u and B.
-        sms = torch.cuda.get_device_properties(torch.cuda.current_device()).multi_processor_count
-        cps = nch if rows >= 2 * sms else max(2, _cdiv(nch * rows, 4 * sms))
+        cps = max(2, _cdiv(nch * rows, 4 * sms))
     cps = max(1, min(cps, nch))
     return dict(BD=bd, NP=np_, BT=bt, BO_R=bo_r, BI_R=bi_r, BO_C=bo_c, BI_C=bi_c, NCH=nch,
                 CPS=cps, NSEG=_cdiv(nch, cps), N_DT=n_dt,
-                num_warps=CONFIG_OVERRIDE.get('num_warps', 1 if small else 4))
+                num_warps=CONFIG_OVERRIDE.get('num_warps', warps))
 
 
 # --------------------------------------------------------------------------- helpers

@@ -1,0 +1,218 @@
+"""Benchmark the Triton selective scan against the PyTorch reference (GPU).
+
+For each GroupMamba-T stage (batch 128, 4 groups with their own direction and
+B/C, N = 1, D + delta_bias + softplus, no z: the shape of the official layer)
+and two dense-prediction stage-1 maps, in fp32 and bf16, prints:
+our forward/backward time (the 4 groups in one launch), the reference PyTorch
+path, ``torch.compile`` of the reference (where it compiles in reasonable
+time), the effective bandwidth and its fraction of the measured device copy
+bandwidth.
+
+Bytes (``anchors-kernels.md`` section 4.6, each tensor read/written once):
+    fwd = batch * L * (dim * (2 s + s_o) + 2 G N s)
+    bwd = batch * L * (dim * (3 s + 2 s_g) + G N (2 s + 2 * 4))
+
+Usage: python tools/benchmark_scan.py [--out results.md] [--no-reference]
+"""
+import argparse
+import json
+import subprocess
+import sys
+import time
+from typing import Callable, Dict, List, Optional
+
+import torch
+import torch._functorch.config
+import triton
+from triton.testing import do_bench
+
+sys.path.insert(0, __file__.rsplit('/tools/', 1)[0] if '/tools/' in __file__ else '.')
+from mmgroupmamba.ops import triton_scan  # noqa: E402
+from mmgroupmamba.ops.reference import CHUNK, selective_scan_2d_ref  # noqa: E402
+
+DIRS = [0, 1, 2, 3]  # lr, tb, rl, bt: one per group
+CASES = [
+    # name, batch, dim per group, H, W, official 1-group fwd/bwd us (fp32, H100)
+    ('GroupMamba-T stage 1', 128, 16, 56, 56, 70.2, 190.8),
+    ('GroupMamba-T stage 2', 128, 32, 28, 28, 42.1, 133.9),
+    ('GroupMamba-T stage 3', 128, 87, 14, 14, 31.3, 112.5),
+    ('GroupMamba-T stage 4', 128, 112, 7, 7, 30.7, 101.8),
+    ('Mask R-CNN 1333x800 stage 1', 2, 16, 200, 334, None, None),
+    ('UperNet 512x512 stage 1', 4, 16, 128, 128, None, None),
+]
+
+
+def copy_bandwidth() -> float:
+    """Measured device copy bandwidth (bytes read + written per second)."""
+    x = torch.empty(1 << 28, dtype=torch.float32, device='cuda')  # 1 GiB
+    y = torch.empty_like(x)
+    ms = do_bench(lambda: y.copy_(x), warmup=50, rep=300, return_mode='median')
+    return 2 * x.numel() * 4 / (ms * 1e-3)
+
+
+def make(batch: int, per: int, height: int, width: int, dtype: torch.dtype) -> Dict:
+    groups, n_state = 4, 1
+    dim = groups * per
+    g = torch.Generator(device='cuda').manual_seed(0)
+
+    def rnd(*shape, scale=1.0):
+        return (torch.randn(*shape, device='cuda', generator=g) * scale).to(dtype)
+    return dict(u=rnd(batch, dim, height, width), delta=rnd(batch, dim, height, width, scale=0.5),
+                A=-(torch.rand(dim, n_state, device='cuda', generator=g) + 0.2),
+                B=rnd(batch, groups, n_state, height, width),
+                C=rnd(batch, groups, n_state, height, width),
+                D=torch.randn(dim, device='cuda', generator=g),
+                delta_bias=torch.randn(dim, device='cuda', generator=g) * 0.3)
+
+
+def bytes_moved(batch, dim, length, s, groups=4, n_state=1):
+    fwd = batch * length * (dim * 3 * s + 2 * groups * n_state * s)
+    bwd = batch * length * (dim * 5 * s + groups * n_state * (2 * s + 8))
+    return fwd, bwd
+
+
+def bench(fn: Callable[[], object]) -> float:
+    return do_bench(fn, warmup=25, rep=200, return_mode='median') * 1e3  # us
+
+
+def ref_times(t: Dict, compiled: bool) -> Dict[str, Optional[float]]:
+    """Reference forward and forward+backward-only times (us), or None."""
+    f = selective_scan_2d_ref
+    # the timing loop reruns the backward on one graph
+    torch._functorch.config.donated_buffer = False
+    if compiled:
+        f = torch.compile(selective_scan_2d_ref)
+    leaves = {k: v.detach().requires_grad_(True) for k, v in t.items()}
+
+    def fwd():
+        with torch.no_grad():
+            return f(t['u'], t['delta'], t['A'], t['B'], t['C'], DIRS, D=t['D'],
+                     delta_bias=t['delta_bias'], delta_softplus=True)
+    y = f(leaves['u'], leaves['delta'], leaves['A'], leaves['B'], leaves['C'], DIRS,
+          D=leaves['D'], delta_bias=leaves['delta_bias'], delta_softplus=True)
+    dy = torch.randn_like(y)
+
+    def bwd():
+        torch.autograd.grad(y, list(leaves.values()), dy, retain_graph=True)
+    out = {'fwd': bench(fwd), 'bwd': bench(bwd)}
+    del y
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--out', default=None, help='write the markdown table here')
+    parser.add_argument('--json', default=None, help='write raw numbers here')
+    parser.add_argument('--no-reference', action='store_true')
+    parser.add_argument('--only', type=int, default=None, help='run one (case, dtype) index')
+    parser.add_argument('--warm-only', action='store_true',
+                        help='compile the kernels of --only and exit (fills the Triton cache)')
+    parser.add_argument('--warm-parallel', action='store_true',
+                        help='first compile every case in parallel subprocesses')
+    parser.add_argument('--configs', default=None,
+                        help="tile configs to sweep, 'BD,BT,warps;...' (default: the heuristic)")
+    parser.add_argument('--fp32-only', action='store_true')
+    parser.add_argument('--cases', default=None, help='comma-separated case indices (default: all)')
+    parser.add_argument('--compile-max-chunks', type=int, default=8,
+                        help='skip torch.compile of the reference above this many chunks '
+                             '(its chunk loop is unrolled; compile time grows with it)')
+    args = parser.parse_args()
+
+    cases = CASES if args.cases is None else [CASES[int(i)] for i in args.cases.split(',')]
+    configs = [None] if args.configs is None else [
+        dict(zip(('BD', 'BT', 'num_warps'), map(int, c.split(',')))) for c in args.configs.split(';')]
+    jobs = [(c, dt, cfg) for c in cases
+            for dt in ((torch.float32,) if args.fp32_only else (torch.float32, torch.bfloat16))
+            for cfg in configs]
+    if args.warm_parallel:
+        extra = [a for a in sys.argv[1:] if a != '--warm-parallel']
+        procs = [subprocess.Popen([sys.executable, __file__, *extra, '--only', str(i), '--warm-only'])
+                 for i in range(len(jobs))]
+        for p in procs:
+            p.wait()
+    if args.only is not None:
+        jobs = [jobs[args.only]]
+    props = torch.cuda.get_device_properties(0)
+    bw = 3.0e12 if args.warm_only else copy_bandwidth()
+    head = (f'device: {props.name} ({props.multi_processor_count} SMs), torch {torch.__version__}, '
+            f'triton {triton.__version__}; measured copy bandwidth {bw / 1e9:.0f} GB/s')
+    print(head, flush=True)
+    rows: List[Dict] = []
+    for (name, batch, per, height, width, off_f, off_b), dtype, override in jobs:
+        triton_scan.CONFIG_OVERRIDE.clear()
+        triton_scan.CONFIG_OVERRIDE.update(override or {})
+        if True:
+            t = make(batch, per, height, width, dtype)
+            dim, length = 4 * per, height * width
+            cfg = triton_scan.scan_config(batch, dim, 4, 1, height, width, DIRS, True)
+            fwd = lambda: triton_scan.selective_scan_2d_fwd_triton(  # noqa: E731
+                t['u'], t['delta'], t['A'], t['B'], t['C'], DIRS, t['D'], None,
+                t['delta_bias'], True)
+            y, last, ckpt = fwd()
+            dy = torch.randn_like(y)
+            bwd = lambda: triton_scan.selective_scan_2d_bwd_triton(  # noqa: E731
+                dy, None, t['u'], t['delta'], t['A'], t['B'], t['C'], DIRS, ckpt, t['D'], None,
+                t['delta_bias'], True)
+            bwd()
+            torch.cuda.synchronize()
+            if args.warm_only:
+                return
+            row = dict(case=name, dtype=str(dtype).replace('torch.', ''), batch=batch, dim=dim,
+                       L=length, cfg={k: cfg[k] for k in ('BD', 'BT', 'NCH', 'NSEG', 'num_warps')},
+                       fwd_us=bench(fwd), bwd_us=bench(bwd), official_fwd_us=off_f,
+                       official_bwd_us=off_b)
+            s = 4 if dtype == torch.float32 else 2
+            bf, bb = bytes_moved(batch, dim, length, s)
+            row['fwd_GBps'] = bf / (row['fwd_us'] * 1e-6) / 1e9
+            row['bwd_GBps'] = bb / (row['bwd_us'] * 1e-6) / 1e9
+            row['fwd_frac'] = row['fwd_GBps'] * 1e9 / bw
+            row['bwd_frac'] = row['bwd_GBps'] * 1e9 / bw
+            row['fwd_floor_us'] = bf / bw * 1e6
+            row['bwd_floor_us'] = bb / bw * 1e6
+            if not args.no_reference:
+                for key, compiled in (('ref', False), ('compiled_ref', True)):
+                    n_chunks = -(-length // CHUNK)
+                    if compiled and (n_chunks > args.compile_max_chunks or dtype != torch.float32):
+                        row[key] = f'skipped ({n_chunks} chunks, {row["dtype"]})'
+                        continue
+                    try:
+                        t0 = time.time()
+                        row[key] = ref_times(t, compiled)
+                        row[key + '_wall_s'] = time.time() - t0
+                    except torch.OutOfMemoryError:
+                        row[key] = 'OOM'
+                    torch.cuda.empty_cache()
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+
+    def fmt(v):
+        if isinstance(v, dict):
+            return f"{v['fwd']:.0f} / {v['bwd']:.0f}"
+        return '–' if v is None else str(v)
+    lines = [head, '',
+             '| case | dtype | cfg (BD, BT, segs, warps) | fwd µs | bwd µs | fwd floor / bwd floor µs '
+             '| fwd GB/s (frac) | bwd GB/s (frac) | official 1 group fwd / bwd µs '
+             '| reference fwd / bwd µs | compiled reference fwd / bwd µs |',
+             '|---|---|---|---|---|---|---|---|---|---|---|']
+    for r in rows:
+        c = r['cfg']
+        off = ('–' if r['official_fwd_us'] is None
+               else f"{r['official_fwd_us']} / {r['official_bwd_us']}")
+        lines.append(
+            f"| {r['case']} | {r['dtype']} | {c['BD']}, {c['BT']}, {c['NSEG']}, {c['num_warps']} "
+            f"| {r['fwd_us']:.1f} | {r['bwd_us']:.1f} "
+            f"| {r['fwd_floor_us']:.0f} / {r['bwd_floor_us']:.0f} "
+            f"| {r['fwd_GBps']:.0f} ({r['fwd_frac']:.0%}) | {r['bwd_GBps']:.0f} ({r['bwd_frac']:.0%}) "
+            f"| {off} | {fmt(r.get('ref'))} | {fmt(r.get('compiled_ref'))} |")
+    text = '\n'.join(lines)
+    print(text)
+    if args.out:
+        with open(args.out, 'w') as f:
+            f.write(text + '\n')
+    if args.json:
+        with open(args.json, 'w') as f:
+            json.dump(rows, f, indent=1)
+
+
+if __name__ == '__main__':
+    main()
