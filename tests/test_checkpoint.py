@@ -85,9 +85,9 @@ def test_mmengine_checkpoint_resume(tmp_path):
             self.linear = torch.nn.Linear(2, 1)
 
         def forward(self, inputs, labels, mode='tensor'):
-            pred = self.linear(torch.stack(inputs) if isinstance(inputs, list) else inputs)
+            pred = self.linear(inputs).squeeze(-1)  # default_collate stacks the batch
             if mode == 'loss':
-                return dict(loss=((pred.squeeze(-1) - torch.stack(labels)) ** 2).mean())
+                return dict(loss=((pred - labels) ** 2).mean())
             return pred
 
     data = [dict(inputs=torch.randn(2), labels=torch.tensor(1.0)) for _ in range(8)]
@@ -114,3 +114,20 @@ def test_mmengine_checkpoint_resume(tmp_path):
     runner.train()
     assert runner.epoch == 2 and runner.iter == 4
     assert (tmp_path / 'epoch_2.pth').exists()
+
+
+class _GetattrOther:
+    def __reduce__(self):
+        import collections
+        return (getattr, (collections.OrderedDict, 'fromkeys'))
+
+
+def test_getattr_is_allowed_only_for_history_buffer_statistics():
+    import mmgroupmamba  # noqa: F401
+    from mmengine.logging import HistoryBuffer
+    buf = HistoryBuffer()
+    buf.update(1.0)
+    out = safe_load(_save({'hub': buf}))
+    assert out['hub'].mean() == 1.0
+    with pytest.raises(UnsafeCheckpointError, match='getattr'):
+        safe_load(_save({'x': _GetattrOther()}))

@@ -8,7 +8,9 @@ unpickling back on would let any downloaded file run code. Instead we keep the
 restricted unpickler and allow exactly the globals these checkpoints need:
 
 * numpy arrays, dtypes and scalars (under both numpy 1 and numpy 2 paths),
-* mmengine's ``HistoryBuffer`` (only when mmengine is installed),
+* mmengine's ``HistoryBuffer`` (only when mmengine is installed), and the
+  ``getattr(HistoryBuffer, 'min'|'max'|...)`` its pickled statistics methods
+  need -- through a ``getattr`` stand-in that allows exactly those lookups,
 * yacs' ``CfgNode``, which the official GroupMamba release pickles beside its
   weights. It is read as a ``collections.OrderedDict`` (the only dict type the
   restricted unpickler may fill and set attributes on), so the weights load
@@ -45,6 +47,18 @@ def _numpy_globals() -> List[Union[Callable, Tuple[Callable, str]]]:
     return allowed
 
 
+def _history_buffer_getattr(history_buffer_cls: type):
+    """A ``getattr`` for the unpickler that only resolves HistoryBuffer's
+    statistics methods (what mmengine pickles in ``_statistics_methods``)."""
+
+    def restricted_getattr(obj, name):
+        if obj is history_buffer_cls and name in ('min', 'max', 'current', 'mean'):
+            return getattr(obj, name)
+        raise pickle.UnpicklingError(f'getattr({obj!r}, {name!r}) is not in the allow-list')
+
+    return restricted_getattr
+
+
 def _allowed_globals() -> List[Union[Callable, Tuple[Callable, str]]]:
     allowed = _numpy_globals()
     allowed.append((OrderedDict, 'yacs.config.CfgNode'))
@@ -53,7 +67,9 @@ def _allowed_globals() -> List[Union[Callable, Tuple[Callable, str]]]:
     except ImportError:  # the core works with torch alone
         pass
     else:
-        allowed.append(HistoryBuffer)
+        restricted = _history_buffer_getattr(HistoryBuffer)
+        allowed += [HistoryBuffer, (restricted, '__builtin__.getattr'),
+                    (restricted, 'builtins.getattr')]
     return allowed
 
 
@@ -70,10 +86,11 @@ def safe_load(path: Any, map_location: Any = 'cpu') -> Any:
         try:
             return torch.load(path, map_location=map_location, weights_only=True)
         except pickle.UnpicklingError as err:
-            # torch's message is long; keep the line that names the refused global.
+            # torch's message is long; keep the line that says what was refused.
             lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
-            reason = next((ln for ln in lines if 'GLOBAL' in ln or 'Unsupported' in ln
-                           or 'unrecognized' in ln or 'Can only' in ln), lines[0] if lines else '')
+            reason = next((ln for ln in lines if any(key in ln for key in (
+                'GLOBAL', 'Unsupported', 'unrecognized', 'Can only', 'allow-list'))),
+                lines[0] if lines else '')
             raise UnsafeCheckpointError(
                 f'Refusing to load checkpoint {path!r}: it contains objects outside '
                 f"mmgroupmamba's allow-list (numpy arrays/scalars, mmengine HistoryBuffer, "
