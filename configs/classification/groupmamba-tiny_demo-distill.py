@@ -6,6 +6,7 @@ _base_ = './groupmamba-tiny_demo.py'
 model = dict(
     head=dict(distillation=True),
     teacher=dict(
+        _delete_=True,  # the base has teacher=None
         model=dict(type='ImageClassifier',
                    backbone=dict(type='ResNet', depth=18),
                    neck=dict(type='GlobalAveragePooling'),

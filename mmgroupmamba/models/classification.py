@@ -180,19 +180,24 @@ class TeacherCacheDataPreprocessor(ClsDataPreprocessor):
             return super().forward(data, training)
         teacher = self._lookup(samples)
         mixing = self.batch_augments is not None
+        k = self.num_classes
         if mixing:  # let the batch augment mix [label score | teacher score] together
             for sample, probs in zip(samples, teacher):
                 score = (sample.gt_score if 'gt_score' in sample else
-                         F.one_hot(sample.gt_label, self.num_classes).sum(0).float())
+                         F.one_hot(sample.gt_label, k).sum(0).float())
+                # DataSample checks scores against its num_classes: widen it meanwhile.
+                sample.set_metainfo(dict(num_classes=2 * k))
                 sample.set_gt_score(torch.cat([score.float(), probs]))
         out = super().forward(data, training)
         for i, sample in enumerate(out['data_samples']):
             if mixing:
                 score = sample.gt_score
-                sample.set_gt_score(score[:self.num_classes])
-                sample.set_field(score[self.num_classes:], 'teacher_score')
+                sample.set_metainfo(dict(num_classes=k))
+                sample.set_field(score[:k], 'gt_score', dtype=torch.Tensor)
+                sample.set_field(score[k:], 'teacher_score', dtype=torch.Tensor)
             else:
-                sample.set_field(teacher[i].to(sample.gt_label.device), 'teacher_score')
+                sample.set_field(teacher[i].to(sample.gt_label.device), 'teacher_score',
+                                 dtype=torch.Tensor)
         return out
 
 
