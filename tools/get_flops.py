@@ -1,7 +1,17 @@
-"""Parameters and FLOPs of GroupMamba T/S/B (or the dense backbone).
+"""Parameters and FLOPs of GroupMamba T/S/B (or the dense backbone), or of a
+whole detector / segmentor config.
 
     python tools/get_flops.py [--variants tiny small base] [--shape H W]
                               [--backbone] [--device meta|cpu|cuda]
+    python tools/get_flops.py --config CFG [CFG ...] --shape 800 1280
+
+With ``--config`` (mmdet / mmseg configs; needs that library) the model of
+each config is built and one tensor-mode forward is counted, as the
+libraries' own get_flops tools do: for Mask R-CNN backbone + FPN + RPN +
+RoI box/mask heads on the RPN's proposals (test_cfg), for UperNet backbone +
+decode head (the auxiliary head is training-only). It runs for real on the
+CPU (``--device cpu``, the default there) since NMS cannot run on meta
+tensors; expect a minute per config at 1280x800.
 
 Counting, per model, one forward of a (1, 3, H, W) image (default 224x224):
 
@@ -54,8 +64,9 @@ def _scan_ops():
     return ops
 
 
-def count(model: nn.Module, shape, device: str) -> dict:
-    """Params and the FLOP columns for one forward of a (1, 3, H, W) input."""
+def count(model: nn.Module, shape, device: str, forward=None) -> dict:
+    """Params and the FLOP columns for one forward of a (1, 3, H, W) input
+    (``forward(model, x)`` if given, else ``model(x)``)."""
     norms = [0]
 
     def hook(m, inp, out):
@@ -67,7 +78,7 @@ def count(model: nn.Module, shape, device: str) -> dict:
     x = torch.randn(1, 3, *shape, device=device)
     counter = FlopCounterMode(display=False)
     with torch.no_grad(), counter:
-        model(x)
+        forward(model, x) if forward is not None else model(x)
     for h in handles:
         h.remove()
     scan_ops = _scan_ops()
@@ -82,6 +93,48 @@ def count(model: nn.Module, shape, device: str) -> dict:
                 norms=norms[0], fvcore=mm / 2 + scan + norms[0])
 
 
+def build_from_config(path: str, device: str):
+    """The model of an mmdet / mmseg config, in eval mode, and its forward."""
+    import importlib
+
+    from mmengine.config import Config
+    from mmengine.registry import init_default_scope
+
+    cfg = Config.fromfile(path)
+    scope = cfg.get('default_scope')
+    if scope not in ('mmdet', 'mmseg'):
+        raise SystemExit(f'--config: {path} has default_scope={scope!r}; expected mmdet or mmseg')
+    init_default_scope(scope)
+    registry = importlib.import_module(f'{scope}.registry').MODELS
+    cfg.model.backbone.pop('init_cfg', None)  # count the architecture, load nothing
+    model = registry.build(cfg.model).to(device).eval()
+    if scope == 'mmseg':
+        return model, lambda m, x: m._forward(x)
+    from mmdet.structures import DetDataSample
+
+    def forward(m, x):
+        h, w = x.shape[-2:]
+        meta = dict(img_shape=(h, w), ori_shape=(h, w), pad_shape=(h, w),
+                    batch_input_shape=(h, w), scale_factor=(1.0, 1.0))
+        return m._forward(x, [DetDataSample(metainfo=meta)])
+
+    return model, forward
+
+
+def main_config(args) -> None:
+    device = 'cpu' if args.device == 'meta' else args.device
+    print(f'input 1x3x{args.shape[0]}x{args.shape[1]}, device {device}')
+    for path in args.config:
+        model, forward = build_from_config(path, device)
+        r = count(model, args.shape, device, forward)
+        backbone = sum(p.numel() for p in model.backbone.parameters())
+        print(f"{os.path.basename(path)}: params {r['params'] / 1e6:.2f}M (backbone "
+              f"{backbone / 1e6:.2f}M), FLOPs fvcore-style {r['fvcore'] / 1e9:.1f}G "
+              f"(MACs mm/conv {r['macs_mm'] / 1e9:.1f}G, scan {r['scan'] / 1e9:.2f}G, "
+              f"norms {r['norms'] / 1e9:.2f}G; FlopCounterMode total {r['total_flops'] / 1e9:.1f}G)",
+              flush=True)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--variants', nargs='+', default=['tiny', 'small', 'base'],
@@ -91,7 +144,12 @@ def main(argv=None):
                         help='the dense backbone (4 outputs, output norms) instead of the '
                              'classifier')
     parser.add_argument('--device', default='meta', help="'meta' (shapes only), 'cpu', 'cuda'")
+    parser.add_argument('--config', nargs='+',
+                        help='count whole mmdet/mmseg models of these configs instead')
     args = parser.parse_args(argv)
+    if args.config:
+        import mmgroupmamba  # noqa: F401  (registers the backbone)
+        return main_config(args)
 
     what = 'backbone (out_indices 0-3)' if args.backbone else 'classifier (1000 classes, 2 heads)'
     print(f'GroupMamba {what}, input 1x3x{args.shape[0]}x{args.shape[1]}, device {args.device}')

@@ -6,8 +6,9 @@
 ``--tta`` follows each library's convention, chosen by the config's
 ``default_scope``: mmseg uses the config's ``tta_model``/``tta_pipeline``
 (multi-scale 0.5-1.75 + flip for ADE20K), mmpretrain averages the scores of
-the image and its flip, mmdet merges the boxes of the image and its flip
-(mmdet's DetTTAModel does not merge masks).
+the image and its flip, mmdet merges the boxes of the image and its flip.
+mmdet 3.3's DetTTAModel cannot merge instance masks, so ``--tta`` on Mask
+R-CNN is refused up front with that reason.
 """
 import argparse
 import copy
@@ -52,6 +53,10 @@ def _flip_tta_pipeline(test_pipeline: list, pack_meta_keys: tuple = ()) -> list:
 
 def enable_tta(cfg: Config) -> Config:
     scope = cfg.get('default_scope')
+    if scope == 'mmdet' and cfg.model.get('roi_head', {}).get('mask_head') is not None:
+        raise RuntimeError('--tta: mmdet 3.3 has no test-time augmentation for instance masks '
+                           "(DetTTAModel asserts 'TTA of instance segmentation does not support "
+                           "now'); evaluate Mask R-CNN single-scale")
     if 'tta_model' not in cfg:
         if scope == 'mmpretrain':
             cfg.tta_model = dict(type='AverageClsScoreTTA')
