@@ -44,3 +44,5 @@ def register_all() -> None:
     MODELS.register_module(module=GroupMamba)
     if importlib.util.find_spec('mmpretrain') is not None:
         from .models import classification  # noqa: F401  (registers on import)
+    if importlib.util.find_spec('mmdet') is not None:
+        from .models import detection  # noqa: F401  (registers on import)

@@ -28,7 +28,10 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$PY" -m venv "$VENV"
 fi
 VPY="$VENV/bin/python"
-pip_install() { "$VPY" -m pip install --disable-pip-version-check -q "$@"; }
+# The machine's pip config lists local indexes that warn for every package they lack.
+pip_install() {
+  "$VPY" -m pip install --disable-pip-version-check -q "$@" 2>&1 | { grep -v '^WARNING: Location' || true; }
+}
 
 # Build tools first: mmcv's setup.py, openmim and mmengine's `pkg::` config
 # lookup all import pkg_resources, which setuptools 82 removed.

@@ -6,9 +6,10 @@
 ``--tta`` follows each library's convention, chosen by the config's
 ``default_scope``: mmseg uses the config's ``tta_model``/``tta_pipeline``
 (multi-scale 0.5-1.75 + flip for ADE20K), mmpretrain averages the scores of
-the image and its flip, mmdet merges the boxes of the image and its flip.
-mmdet 3.3's DetTTAModel cannot merge instance masks, so ``--tta`` on Mask
-R-CNN is refused up front with that reason.
+the image and its flip, mmdet merges the detections of the image and its
+flip (boxes with mmdet's DetTTAModel; boxes and masks with our
+InstanceSegTTAModel for detectors with a mask head, which DetTTAModel
+refuses).
 """
 import argparse
 import copy
@@ -53,16 +54,14 @@ def _flip_tta_pipeline(test_pipeline: list, pack_meta_keys: tuple = ()) -> list:
 
 def enable_tta(cfg: Config) -> Config:
     scope = cfg.get('default_scope')
-    if scope == 'mmdet' and cfg.model.get('roi_head', {}).get('mask_head') is not None:
-        raise RuntimeError('--tta: mmdet 3.3 has no test-time augmentation for instance masks '
-                           "(DetTTAModel asserts 'TTA of instance segmentation does not support "
-                           "now'); evaluate Mask R-CNN single-scale")
     if 'tta_model' not in cfg:
         if scope == 'mmpretrain':
             cfg.tta_model = dict(type='AverageClsScoreTTA')
         elif scope == 'mmdet':
-            cfg.tta_model = dict(type='DetTTAModel', tta_cfg=dict(
-                nms=dict(type='nms', iou_threshold=0.5), max_per_img=100))
+            with_masks = cfg.model.get('roi_head', {}).get('mask_head') is not None
+            cfg.tta_model = dict(
+                type='mmgroupmamba.InstanceSegTTAModel' if with_masks else 'DetTTAModel',
+                tta_cfg=dict(nms=dict(type='nms', iou_threshold=0.5), max_per_img=100))
         else:
             raise RuntimeError(f'--tta: the config (default_scope={scope!r}) defines no tta_model')
     if 'tta_pipeline' not in cfg:
