@@ -76,11 +76,11 @@ def test_head_trains_two_heads_and_averages_at_test():
 
 
 def _build(cfg_path, **overrides):
-    from mmpretrain.registry import MODELS
+    from mmgroupmamba.models.classification import build_mmpretrain
     cfg = Config.fromfile(cfg_path)
     cfg.model.setdefault('data_preprocessor', cfg.get('data_preprocessor'))
     cfg.merge_from_dict(overrides)
-    return MODELS.build(cfg.model)
+    return build_mmpretrain(cfg.model)
 
 
 def test_teacher_is_frozen_out_of_state_dict_and_sees_the_student_batch():

@@ -20,6 +20,7 @@ from typing import List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from mmengine.registry import DefaultScope
 from mmpretrain.models import ClsDataPreprocessor, ClsHead, ImageClassifier
 from mmpretrain.registry import MODELS as MMPRETRAIN_MODELS
 from mmpretrain.structures import DataSample
@@ -27,6 +28,14 @@ from mmpretrain.structures import DataSample
 from ..registry import MODELS
 from ..utils.checkpoint import extract_state_dict, safe_load
 from .groupmamba import DistillationLinearHead, GroupMambaClassTail
+
+
+def build_mmpretrain(cfg: dict) -> nn.Module:
+    """Build an mmpretrain module (loss, teacher) whatever the current default
+    scope is: a bare ``type`` must resolve in mmpretrain's registry even when
+    this is built from mmengine's or another library's scope."""
+    with DefaultScope.overwrite_default_scope('mmpretrain'):
+        return MMPRETRAIN_MODELS.build(cfg)
 
 
 @MODELS.register_module()
@@ -52,7 +61,7 @@ class HardDistillationLoss(nn.Module):
         if not 0.0 <= alpha <= 1.0:
             raise ValueError(f'alpha: expected a weight in [0, 1], got {alpha}')
         self.alpha = alpha
-        self.label_loss = MMPRETRAIN_MODELS.build(label_loss)
+        self.label_loss = build_mmpretrain(label_loss)
 
     def forward(self, cls_score: torch.Tensor, dist_score: torch.Tensor,
                 target: torch.Tensor, teacher_score: torch.Tensor) -> dict:
@@ -99,7 +108,7 @@ class DistillationClsHead(DistillationLinearHead):
             else:
                 raise ValueError(f"loss: expected dict(type='HardDistillationLoss', ...), got {loss}")
         else:
-            self.loss_module = MMPRETRAIN_MODELS.build(label_loss)
+            self.loss_module = build_mmpretrain(label_loss)
 
     @staticmethod
     def _targets(data_samples: List[DataSample]) -> torch.Tensor:
@@ -205,7 +214,7 @@ def build_teacher(cfg: dict) -> nn.Module:
     """Build ``cfg['model']`` in mmpretrain's scope, load ``cfg['checkpoint']``
     (safe loader; keys prefixed with ``cfg['checkpoint_prefix']``), freeze it
     and put it in eval mode."""
-    model = MMPRETRAIN_MODELS.build(cfg['model'])
+    model = build_mmpretrain(cfg['model'])
     if cfg.get('checkpoint'):
         state = extract_state_dict(safe_load(cfg['checkpoint']))
         prefix = cfg.get('checkpoint_prefix', '')
