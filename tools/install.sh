@@ -89,9 +89,9 @@ fi
 
 # ---- the rest of the stack, the test tools and the project itself ----
 pip_install -r "$ROOT/requirements/mminstall.txt" -r "$ROOT/requirements/tests.txt"
-# openmim without opendatalab/openxlab (see requirements/mminstall.txt), then its real needs.
-pip_install --no-deps openmim==0.3.9
+# openmim without opendatalab/openxlab (see requirements/mminstall.txt), after its real needs.
 pip_install Click colorama model-index pandas requests rich tabulate
+pip_install --no-deps openmim==0.3.9
 pip_install --no-deps -e "$ROOT"
 "$VPY" -W ignore -c "import pkg_resources, mmcv.ops, mmengine, mmpretrain, mmdet, mmseg, mmgroupmamba" \
   || { log "the installed stack does not import"; exit 1; }
