@@ -2,7 +2,7 @@
 # demo image folder (4 shape classes, 64x64, `tools/make_demo_data.py`) in a
 # few minutes on CPU. The paper recipe with what a 96-image set needs changed:
 # no teacher (see groupmamba-tiny_demo-distill.py), no mixup/EMA, lr 5e-4 for
-# batch 16, 12 epochs.
+# batch 16, 30 epochs.
 _base_ = './groupmamba-tiny_8xb128_in1k_no-distill.py'
 
 data_root = 'data/demo/classification'
@@ -39,8 +39,8 @@ optim_wrapper = dict(optimizer=dict(lr=5e-4))
 param_scheduler = [
     dict(type='LinearLR', start_factor=0.1, by_epoch=True, begin=0, end=1,
          convert_to_iter_based=True),
-    dict(type='CosineAnnealingLR', eta_min=1e-5, by_epoch=True, begin=1, end=12),
+    dict(type='CosineAnnealingLR', eta_min=1e-5, by_epoch=True, begin=1, end=30),
 ]
-train_cfg = dict(by_epoch=True, max_epochs=12, val_interval=4)
+train_cfg = dict(by_epoch=True, max_epochs=30, val_interval=10)
 custom_hooks = []
-default_hooks = dict(logger=dict(interval=2), checkpoint=dict(interval=4, max_keep_ckpts=1))
+default_hooks = dict(logger=dict(interval=2), checkpoint=dict(interval=10, max_keep_ckpts=1))
