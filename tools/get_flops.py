@@ -147,8 +147,7 @@ def main(argv=None):
     parser.add_argument('--config', nargs='+',
                         help='count whole mmdet/mmseg models of these configs instead')
     args = parser.parse_args(argv)
-    if args.config:
-        import mmgroupmamba  # noqa: F401  (registers the backbone)
+    if args.config:  # importing mmgroupmamba (above) registered the backbone
         return main_config(args)
 
     what = 'backbone (out_indices 0-3)' if args.backbone else 'classifier (1000 classes, 2 heads)'

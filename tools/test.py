@@ -13,31 +13,22 @@ refuses).
 """
 import argparse
 import copy
-import os
-import os.path as osp
 
-from mmengine.config import Config, ConfigDict, DictAction
+from mmengine.config import Config
 from mmengine.runner import Runner
 
 import mmgroupmamba  # noqa: F401  (registers modules and the checkpoint loader)
+from mmgroupmamba.utils.runner_args import add_runner_args, load_config
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description='Test (and evaluate) a model')
     parser.add_argument('config', help='test config file path')
     parser.add_argument('checkpoint', help='checkpoint file')
-    parser.add_argument('--work-dir', help='the dir to save the evaluation metrics')
     parser.add_argument('--out', help='dump predictions to this pickle file')
     parser.add_argument('--show-dir', help='draw predictions into this dir (under the work dir)')
     parser.add_argument('--tta', action='store_true', help='test-time augmentation')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
-                        help='override config settings, key=value')
-    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none')
-    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
-    args = parser.parse_args()
-    if 'LOCAL_RANK' not in os.environ:
-        os.environ['LOCAL_RANK'] = str(args.local_rank)
-    return args
+    return add_runner_args(parser).parse_args()
 
 
 def _flip_tta_pipeline(test_pipeline: list, pack_meta_keys: tuple = ()) -> list:
@@ -93,14 +84,7 @@ def enable_visualization(cfg: Config, show_dir: str) -> Config:
 
 def main() -> None:
     args = parse_args()
-    cfg = Config.fromfile(args.config)
-    if args.cfg_options is not None:
-        cfg.merge_from_dict(args.cfg_options)
-    cfg.launcher = args.launcher
-    if args.work_dir is not None:
-        cfg.work_dir = args.work_dir
-    elif cfg.get('work_dir') is None:
-        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
+    cfg = load_config(args)
     cfg.load_from = args.checkpoint
     if args.show_dir:
         cfg = enable_visualization(cfg, args.show_dir)
