@@ -315,17 +315,23 @@ def test_upernet_demo_trains_and_evaluates(seg_demo_run):
     assert osp.isfile(osp.join(work_dir, 'iter_1.pth'))
 
 
+def _tta_runner(cfg_path: str, checkpoint: str, work_dir, name: str):
+    """A Runner for 2 test images of a demo config after tools/test.py's --tta."""
+    cfg = Config.fromfile(cfg_path)
+    cfg.test_dataloader.dataset.indices = 2
+    cfg.load_from = checkpoint
+    cfg = _load_tool('test').enable_tta(cfg)
+    runner, hook = _runner(cfg, work_dir, name)
+    return cfg, runner, hook
+
+
 def test_upernet_demo_tta(seg_demo_run, tmp_path):
     """tools/test.py --tta: 3 scales x 2 flips per image, merged by SegTTAModel."""
     work_dir, _ = seg_demo_run
-    test_tool = _load_tool('test')
-    cfg = Config.fromfile(SEG_DEMO)
-    cfg.test_dataloader.dataset.indices = 2
-    cfg.load_from = osp.join(work_dir, 'iter_1.pth')
-    cfg = test_tool.enable_tta(cfg)
+    cfg, runner, hook = _tta_runner(SEG_DEMO, osp.join(work_dir, 'iter_1.pth'), tmp_path,
+                                    'seg_demo_tta')
     assert cfg.model.type == 'SegTTAModel'
     assert cfg.model.module.backbone.type == 'mmgroupmamba.GroupMamba'
-    runner, hook = _runner(cfg, tmp_path, 'seg_demo_tta')
     seen = []
     orig = runner.model.module.predict
 
@@ -377,13 +383,9 @@ def test_instance_seg_tta_merges_boxes_and_unflipped_masks():
 def test_mask_rcnn_demo_tta(det_demo_run, tmp_path):
     """tools/test.py --tta on Mask R-CNN: flip TTA with merged masks, COCO metrics."""
     work_dir, _ = det_demo_run
-    test_tool = _load_tool('test')
-    cfg = Config.fromfile(DET_DEMO)
-    cfg.test_dataloader.dataset.indices = 2
-    cfg.load_from = osp.join(work_dir, 'epoch_1.pth')
-    cfg = test_tool.enable_tta(cfg)
+    cfg, runner, _ = _tta_runner(DET_DEMO, osp.join(work_dir, 'epoch_1.pth'), tmp_path,
+                                 'det_demo_tta')
     assert cfg.model.type == 'mmgroupmamba.InstanceSegTTAModel'
-    runner, hook = _runner(cfg, tmp_path, 'det_demo_tta')
     metrics = runner.test()
     for key in ('coco/bbox_mAP', 'coco/segm_mAP'):
         assert key in metrics, sorted(metrics)
