@@ -3,10 +3,13 @@
 Two ops, so that autograd, ``torch.compile`` (fake kernels, no graph breaks)
 and ``FlopCounterMode`` all see one opaque node per scan:
 
-* ``mmgroupmamba::selective_scan_2d_fwd(u, delta, A, B, C, D?, z?, delta_bias?,
+* ``mmgroupmamba::selective_scan_2d_fwd(u, delta, A, B, C?, D?, z?, delta_bias?,
   directions, delta_softplus, use_triton) -> (y, last_state, ckpt)``
-* ``mmgroupmamba::selective_scan_2d_bwd(dy, dlast?, u, delta, A, B, C, D?, z?,
+* ``mmgroupmamba::selective_scan_2d_bwd(dy, dlast?, u, delta, A, B, C?, D?, z?,
   delta_bias?, ckpt, directions, delta_softplus, use_triton) -> 8 gradients``
+
+Without C, ``y`` is the hidden states (batch, dim, N, H, W) in float32 and
+``dy`` their gradient.
 
 ``use_triton`` picks the Triton kernels (CUDA, or CPU under
 ``TRITON_INTERPRET=1``) or the PyTorch reference; ``ckpt`` holds the
@@ -16,7 +19,9 @@ reference, whose backward re-runs autograd on the reference).
 FLOPs follow the fvcore/VMamba convention (``flops_selective_scan_fn``):
 ``9 * batch * L * dim * N`` for the recurrence plus ``batch * dim * L`` for
 each of the D skip and the z gate, counted as multiply-accumulates the way
-fvcore counts them; the backward op is counted as twice the forward.
+fvcore counts them; the backward op is counted as twice the forward. The
+states mode (no C) counts ``7 * batch * L * dim * N``, as Spatial-Mamba's
+``selective_scan_state_flop_jit`` does.
 """
 from typing import List, Optional, Tuple
 
@@ -34,7 +39,7 @@ def _absent(like: Tensor) -> Tensor:
 
 
 @torch.library.custom_op('mmgroupmamba::selective_scan_2d_fwd', mutates_args=())
-def selective_scan_2d_fwd(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
+def selective_scan_2d_fwd(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Optional[Tensor],
                           D: Optional[Tensor], z: Optional[Tensor],
                           delta_bias: Optional[Tensor], directions: List[int],
                           delta_softplus: bool, use_triton: bool
@@ -46,9 +51,10 @@ def selective_scan_2d_fwd(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Ten
     y, last = selective_scan_2d_ref(u, delta, A, B, C, directions, D=D, z=z,
                                     delta_bias=delta_bias, delta_softplus=delta_softplus,
                                     return_last_state=True)
-    out = torch.empty_like(u)
+    sdt = _state_dtype(u, use_triton)
+    out = torch.empty_like(u) if C is not None else u.new_empty(y.shape, dtype=sdt)
     out.copy_(y)
-    return out, last.to(_state_dtype(u, use_triton)), u.new_empty((0,), dtype=torch.float32)
+    return out, last.to(sdt), u.new_empty((0,), dtype=torch.float32)
 
 
 def _state_dtype(u: Tensor, use_triton: bool) -> torch.dtype:
@@ -61,13 +67,15 @@ def _fwd_fake(u, delta, A, B, C, D, z, delta_bias, directions, delta_softplus, u
     n_state = B.shape[2]
     ckpt = (u.new_empty(triton_scan.ckpt_shape(u, B, directions), dtype=torch.float32)
             if use_triton and u.numel() > 0 else u.new_empty((0,), dtype=torch.float32))
-    return (torch.empty_like(u), u.new_empty((batch, dim, n_state), dtype=_state_dtype(u, use_triton)),
-            ckpt)
+    sdt = _state_dtype(u, use_triton)
+    y = (torch.empty_like(u) if C is not None
+         else u.new_empty((batch, dim, n_state) + tuple(u.shape[2:]), dtype=sdt))
+    return y, u.new_empty((batch, dim, n_state), dtype=sdt), ckpt
 
 
 @torch.library.custom_op('mmgroupmamba::selective_scan_2d_bwd', mutates_args=())
 def selective_scan_2d_bwd(dy: Tensor, dlast: Optional[Tensor], u: Tensor, delta: Tensor,
-                          A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor],
+                          A: Tensor, B: Tensor, C: Optional[Tensor], D: Optional[Tensor],
                           z: Optional[Tensor], delta_bias: Optional[Tensor], ckpt: Tensor,
                           directions: List[int], delta_softplus: bool, use_triton: bool
                           ) -> List[Tensor]:
@@ -120,7 +128,9 @@ def _setup_context(ctx, inputs, output):
 def _backward(ctx, dy, dlast, dckpt):
     u, delta, A, B, C, D, z, delta_bias, ckpt = ctx.saved_tensors
     if dy is None:
-        dy = torch.zeros_like(u)
+        dy = (torch.zeros_like(u) if C is not None
+              else u.new_zeros((u.shape[0], u.shape[1], B.shape[2]) + tuple(u.shape[2:]),
+                               dtype=_state_dtype(u, ctx.use_triton)))
     grads = selective_scan_2d_bwd(dy, dlast, u, delta, A, B, C, D, z, delta_bias, ckpt,
                                   ctx.directions, ctx.delta_softplus, ctx.use_triton)
     present = (u, delta, A, B, C, D, z, delta_bias)
@@ -133,15 +143,16 @@ torch.library.register_autograd('mmgroupmamba::selective_scan_2d_fwd', _backward
 
 
 def selective_scan_flops(batch: int, dim: int, length: int, n_state: int,
-                         with_D: bool = True, with_z: bool = False) -> int:
+                         with_D: bool = True, with_z: bool = False, with_C: bool = True) -> int:
     """FLOPs of one selective scan, fvcore/VMamba convention (see module doc).
 
     Args:
         batch, dim, length, n_state: sizes (dim = all channels of the call,
             length = H * W for the 2D op).
         with_D, with_z: whether the skip term and the gate are present.
+        with_C: False for the states mode (no observation inside the op).
     """
-    flops = 9 * batch * length * dim * n_state
+    flops = (9 if with_C else 7) * batch * length * dim * n_state
     if with_D:
         flops += batch * dim * length
     if with_z:
@@ -149,22 +160,22 @@ def selective_scan_flops(batch: int, dim: int, length: int, n_state: int,
     return flops
 
 
-def _flops_from_shapes(u_shape, B_shape, D_shape, z_shape) -> int:
+def _flops_from_shapes(u_shape, B_shape, C_shape, D_shape, z_shape) -> int:
     batch, dim = u_shape[0], u_shape[1]
     length = 1
     for s in u_shape[2:]:
         length *= s
     return selective_scan_flops(batch, dim, length, B_shape[2], D_shape is not None,
-                                z_shape is not None)
+                                z_shape is not None, C_shape is not None)
 
 
 @register_flop_formula(torch.ops.mmgroupmamba.selective_scan_2d_fwd)
 def _fwd_flop_formula(u_shape, delta_shape, A_shape, B_shape, C_shape, D_shape=None,
                       z_shape=None, delta_bias_shape=None, *args, out_shape=None, **kwargs) -> int:
-    return _flops_from_shapes(u_shape, B_shape, D_shape, z_shape)
+    return _flops_from_shapes(u_shape, B_shape, C_shape, D_shape, z_shape)
 
 
 @register_flop_formula(torch.ops.mmgroupmamba.selective_scan_2d_bwd)
 def _bwd_flop_formula(dy_shape, dlast_shape, u_shape, delta_shape, A_shape, B_shape, C_shape,
                       D_shape=None, z_shape=None, *args, out_shape=None, **kwargs) -> int:
-    return 2 * _flops_from_shapes(u_shape, B_shape, D_shape, z_shape)
+    return 2 * _flops_from_shapes(u_shape, B_shape, C_shape, D_shape, z_shape)

@@ -7,6 +7,10 @@ The recurrence (Mamba S6), per batch row ``b``, channel ``d`` and state ``n``::
     y_t     = sum_n C_t[n] * h_t[n] + D[d] * u_t
     y_t     = y_t * silu(z_t)                           (if z is given)
 
+With ``C=None`` the op returns the hidden states ``h_t`` themselves (float32,
+float64 for float64 inputs) instead of ``y``: Spatial-Mamba fuses them over
+the 2D neighbourhood before applying ``C`` (and ``D``) itself.
+
 Instead of a Python loop over ``L`` steps (slow on CPU, and a deep autograd
 graph) the sequence is cut into chunks of ``CHUNK`` steps. Inside a chunk the
 state is a masked weighted sum ``h_t = sum_{s<=t} exp(S_t - S_s) dBu_s`` with
@@ -72,7 +76,8 @@ def _expand_groups(bc: torch.Tensor, dim: int) -> torch.Tensor:
 
 
 def selective_scan_ref(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor,
-                       B: torch.Tensor, C: torch.Tensor, D: Optional[torch.Tensor] = None,
+                       B: torch.Tensor, C: Optional[torch.Tensor],
+                       D: Optional[torch.Tensor] = None,
                        z: Optional[torch.Tensor] = None,
                        delta_bias: Optional[torch.Tensor] = None,
                        delta_softplus: bool = False,
@@ -84,12 +89,18 @@ def selective_scan_ref(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor,
         u, delta: (batch, dim, L).
         A: (dim, N).
         B, C: (batch, N, L) or grouped (batch, G, N, L) with dim % G == 0.
+            ``C=None`` returns the hidden states (then D and z must be None).
         D, delta_bias: (dim,) or None.
         z: (batch, dim, L) or None; the output is gated by ``silu(z)``.
     Returns:
-        y (batch, dim, L) in u's dtype; with ``return_last_state`` also the
-        final state (batch, dim, N) in float32 (float64 for float64 inputs).
+        y (batch, dim, L) in u's dtype, or with ``C=None`` the states
+        (batch, dim, N, L) in float32 (float64 for float64 inputs); with
+        ``return_last_state`` also the final state (batch, dim, N) in that
+        state dtype.
     """
+    if C is None and (D is not None or z is not None):
+        raise ValueError('D, z: must be None when C is None (the states are returned before '
+                         'the observation y = C h + D u and its gate)')
     out_dtype = u.dtype
     cdt = torch.float64 if u.dtype == torch.float64 else torch.float32
     batch, dim, length = u.shape
@@ -100,7 +111,6 @@ def selective_scan_ref(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor,
     if delta_softplus:
         dt = F.softplus(dt)
     Bx = _expand_groups(B.to(cdt), dim)  # (b, d, N, L)
-    Cx = _expand_groups(C.to(cdt), dim)
 
     # Pad L to a multiple of the chunk; padded steps have delta = 0, which
     # leaves the state unchanged (decay 1, no input).
@@ -133,20 +143,21 @@ def selective_scan_ref(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor,
         carry = h_c[:, :, -1]
     h = torch.stack(states, dim=2).view(batch, dim, n_chunks * CHUNK, n_state)[:, :, :length]
 
-    y = (h * Cx.transpose(2, 3)).sum(dim=-1)
+    last = h[:, :, -1] if length > 0 else carry
+    if C is None:
+        states = h.transpose(2, 3)
+        return (states, last) if return_last_state else states
+    y = (h * _expand_groups(C.to(cdt), dim).transpose(2, 3)).sum(dim=-1)
     if D is not None:
         y = y + D.to(cdt)[:, None] * u_
     if z is not None:
         y = y * F.silu(z.to(cdt))
     y = y.to(out_dtype)
-    if return_last_state:
-        last = h[:, :, -1] if length > 0 else carry
-        return y, last
-    return y
+    return (y, last) if return_last_state else y
 
 
 def selective_scan_2d_ref(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor,
-                          B: torch.Tensor, C: torch.Tensor,
+                          B: torch.Tensor, C: Optional[torch.Tensor],
                           directions: Sequence[Union[str, int]],
                           D: Optional[torch.Tensor] = None,
                           z: Optional[torch.Tensor] = None,
@@ -159,10 +170,12 @@ def selective_scan_2d_ref(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor,
         u, delta, z: (batch, dim, H, W).
         A: (dim, N); D, delta_bias: (dim,).
         B, C: (batch, G, N, H, W), group g drives channels [g*dim/G, (g+1)*dim/G).
+            ``C=None``: return the hidden states.
         directions: G directions (see :data:`DIRECTIONS`), one per group.
     Returns:
-        y (batch, dim, H, W) with every output written back at the pixel it
-        was computed for; with ``return_last_state`` also (batch, dim, N).
+        y (batch, dim, H, W) (or the states (batch, dim, N, H, W) when C is
+        None) with every output written back at the pixel it was computed
+        for; with ``return_last_state`` also (batch, dim, N).
     """
     batch, dim, height, width = u.shape
     groups = B.shape[1]
@@ -182,11 +195,17 @@ def selective_scan_2d_ref(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor,
         idx = grp_order[None, :, None, :].expand(batch, -1, flat.shape[2], -1)
         return flat.gather(3, idx)
 
-    out = selective_scan_ref(seq(u, chan_order), seq(delta, chan_order), A, seq_bc(B), seq_bc(C),
+    out = selective_scan_ref(seq(u, chan_order), seq(delta, chan_order), A, seq_bc(B),
+                             None if C is None else seq_bc(C),
                              D=D, z=None if z is None else seq(z, chan_order),
                              delta_bias=delta_bias, delta_softplus=delta_softplus,
                              return_last_state=return_last_state)
     y, last = (out if return_last_state else (out, None))
     inverse = chan_order.argsort(dim=1)                                          # pixel -> step
-    y_map = y.gather(2, inverse.expand(batch, -1, -1)).view(batch, dim, height, width)
+    if C is None:  # states (b, d, N, L)
+        n_state = y.shape[2]
+        y_map = y.gather(3, inverse[None, :, None, :].expand(batch, -1, n_state, -1)).view(
+            batch, dim, n_state, height, width)
+    else:
+        y_map = y.gather(2, inverse.expand(batch, -1, -1)).view(batch, dim, height, width)
     return (y_map, last) if return_last_state else y_map

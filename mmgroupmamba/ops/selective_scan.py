@@ -1,6 +1,8 @@
 """Public selective-scan entry points: argument checks and backend dispatch.
 
-``selective_scan`` has the contract of mamba_ssm's ``selective_scan_fn``;
+``selective_scan`` has the contract of mamba_ssm's ``selective_scan_fn``
+(plus ``C=None``, which returns the hidden states, as Spatial-Mamba's
+``selective_scan_cuda_oflex_rh`` does);
 ``selective_scan_2d`` scans a feature map with one direction per channel
 group, reading and writing the map in its own layout (no flipped or transposed
 copies). ``selective_scan`` is the 2D op on a 1 x L map.
@@ -34,8 +36,11 @@ def _check_map_args(u, delta, A, B, C, D, z, delta_bias, directions, check_finit
     if u.dtype not in _FLOAT_DTYPES:
         raise TypeError(f'u: expected a floating dtype {_FLOAT_DTYPES}, got {u.dtype}')
     batch, dim, height, width = u.shape
-    if B is None or C is None:
-        raise ValueError('B, C: both are required tensors of shape (batch, G, N, H, W)')
+    if not isinstance(B, torch.Tensor):
+        raise ValueError('B: required, a tensor of shape (batch, G, N, H, W)')
+    if C is None and (D is not None or z is not None):
+        raise ValueError('D, z: must be None when C is None (the hidden states are returned '
+                         'before the observation y = C h + D u and its gate)')
     if B.dim() != 5:
         raise ValueError(f'B: expected (batch, G, N, H, W), got {tuple(B.shape)}')
     groups, n_state = B.shape[1], B.shape[2]
@@ -86,7 +91,7 @@ def _pick_backend(backend: Optional[str], device: torch.device) -> str:
 
 
 def selective_scan_2d(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor,
-                      B: torch.Tensor, C: torch.Tensor,
+                      B: torch.Tensor, C: Optional[torch.Tensor],
                       directions: Sequence[Union[str, int]],
                       D: Optional[torch.Tensor] = None,
                       z: Optional[torch.Tensor] = None,
@@ -106,11 +111,15 @@ def selective_scan_2d(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor,
         B, C: (batch, G, N, H, W), or (batch, H, W, G, N) with
             ``channels_last=True``; group g drives channels
             [g*dim/G, (g+1)*dim/G) and scans in ``directions[g]``.
+            ``C=None`` returns the hidden states instead of y (D and z must
+            then be None).
         directions: G entries of :data:`DIRECTIONS` ('lr', 'tb', 'rl', 'bt').
         check_finite: raise if any input holds NaN/Inf (costs a sync).
     Returns:
-        y in u's layout and dtype; with ``return_last_state`` also the final
-        state (batch, dim, N) in float32.
+        y in u's layout and dtype, or with ``C=None`` the states
+        (batch, dim, N, H, W) (``channels_last``: (batch, H, W, dim, N)) in
+        float32; with ``return_last_state`` also the final state
+        (batch, dim, N) in float32.
     """
     if channels_last:
         if u.dim() != 4 or B.dim() != 5:
@@ -123,9 +132,9 @@ def selective_scan_2d(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor,
                                 delta_softplus=delta_softplus,
                                 return_last_state=return_last_state, backend=backend,
                                 check_finite=check_finite)
-        if return_last_state:
-            return out[0].permute(0, 2, 3, 1), out[1]
-        return out.permute(0, 2, 3, 1)
+        back = ((lambda t: t.permute(0, 2, 3, 1)) if C is not None
+                else (lambda t: t.permute(0, 3, 4, 1, 2)))
+        return (back(out[0]), out[1]) if return_last_state else back(out)
     _check_map_args(u, delta, A, B, C, D, z, delta_bias, directions, check_finite)
     codes = [direction_code(d) for d in directions]
     use_triton = _pick_backend(backend, u.device) == 'triton'
@@ -140,7 +149,8 @@ def selective_scan_2d(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor,
 
 
 def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor,
-                   B: torch.Tensor, C: torch.Tensor, D: Optional[torch.Tensor] = None,
+                   B: torch.Tensor, C: Optional[torch.Tensor],
+                   D: Optional[torch.Tensor] = None,
                    z: Optional[torch.Tensor] = None,
                    delta_bias: Optional[torch.Tensor] = None,
                    delta_softplus: bool = False,
@@ -153,29 +163,35 @@ def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor,
     Args:
         u, delta, z: (batch, dim, L). A: (dim, N). D, delta_bias: (dim,).
         B, C: (batch, N, L) or grouped (batch, G, N, L), dim % G == 0.
+            ``C=None`` returns the hidden states (D and z must be None).
     Returns:
-        y (batch, dim, L) in u's dtype (and the last state (batch, dim, N)).
+        y (batch, dim, L) in u's dtype, or with ``C=None`` the states
+        (batch, dim, N, L) in float32 (and the last state (batch, dim, N)).
     """
     for name, t in (('u', u), ('delta', delta)):
         if not isinstance(t, torch.Tensor) or t.dim() != 3:
             raise ValueError(f'{name}: expected a (batch, dim, L) tensor, got '
                              f'{tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__}')
     for name, t in (('B', B), ('C', C)):
+        if name == 'C' and t is None:
+            continue
         if not isinstance(t, torch.Tensor) or t.dim() not in (3, 4):
             raise ValueError(f'{name}: expected (batch, N, L) or (batch, G, N, L), got '
                              f'{tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__}')
-    if B.dim() != C.dim():
+    if C is not None and B.dim() != C.dim():
         raise ValueError(f'B, C: expected the same form, got B {tuple(B.shape)} and C {tuple(C.shape)}')
-    if B.dim() == 3:
-        B, C = B.unsqueeze(1), C.unsqueeze(1)
+    grouped = (lambda t: None if t is None else t.unsqueeze(1) if t.dim() == 3 else t)
+    B, C = grouped(B), grouped(C)
     as_map = (lambda t: None if t is None else t.unsqueeze(2))  # (b, k, L) -> (b, k, 1, L)
-    out = selective_scan_2d(as_map(u), as_map(delta), A, B.unsqueeze(3), C.unsqueeze(3),
+    out = selective_scan_2d(as_map(u), as_map(delta), A, B.unsqueeze(3),
+                            None if C is None else C.unsqueeze(3),
                             ('lr',) * B.shape[1], D=D, z=as_map(z), delta_bias=delta_bias,
                             delta_softplus=delta_softplus, return_last_state=return_last_state,
                             backend=backend, check_finite=check_finite)
+    squeeze = 2 if C is not None else 3  # the map's H = 1 axis
     if return_last_state:
-        return out[0].squeeze(2), out[1]
-    return out.squeeze(2)
+        return out[0].squeeze(squeeze), out[1]
+    return out.squeeze(squeeze)
 
 
 __all__ = ['selective_scan', 'selective_scan_2d', 'DIRECTIONS', 'BACKENDS']

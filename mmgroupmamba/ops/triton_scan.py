@@ -49,9 +49,13 @@ Interpreter (``TRITON_INTERPRET=1``): no libdevice (softplus is a guarded
 ``log(1 + exp(x))``), bf16 only loaded and cast, and a fixed small config
 (no autotuning) so CI stays fast.
 
-Spatial-Mamba: a mode returning the hidden states instead of ``C h`` slots in
-as a third epilogue of ``_fwd_body`` (store ``hs`` [BD, N, BT] instead of
-reducing with C); it is not implemented yet.
+States mode (``STATES``, Spatial-Mamba): without C the forward stores the
+hidden states ``hs`` [BD, N, BT] (fp32, in a (batch, dim, N, H, W) tensor of
+the map's pixel order) instead of reducing them with C, and the backward takes
+their gradient as the injection ``g_t`` of the reverse recurrence
+``dh_t = a_{t+1} dh_{t+1} + g_t`` in place of ``C_t dy_t``. Everything else
+(recompute from checkpoints, dA/dB/du/ddelta) is shared, so the gradient is
+right for any d_state.
 """
 import contextlib
 import os
@@ -237,6 +241,19 @@ def _bc_off(b, g, nn, hh, ww, s0, s1, s2, s3, s4):
 
 
 @triton.jit
+def _state_off(b, g, dtile, per, N, hh, ww, valid, s0, s1, sn, s2, s3,
+               BD: tl.constexpr, NP: tl.constexpr):
+    """Offsets and mask [BD*NP, X, Y] of a (batch, dim, N, H, W) states tensor
+    (row k = channel k // NP, state k % NP of the tile)."""
+    k = tl.arange(0, BD * NP)
+    dl = dtile * BD + k // NP
+    nk = k % NP
+    off = (b * s0 + (g * per + dl) * s1 + nk * sn)[:, None, None] + (hh * s2 + ww * s3)[None, :, :]
+    mask = ((dl < per) & (nk < N))[:, None, None] & valid[None, :, :]
+    return off, mask
+
+
+@triton.jit
 def _sel(x, sel):
     """x[..., k] for the one k where sel [BT] is true (sum over the step axis)."""
     return tl.sum(tl.where(sel, x, 0.0), axis=len(x.shape) - 1)
@@ -250,11 +267,11 @@ def _fwd_body(u_ptr, dt_ptr, z_ptr, y_ptr, A_ptr, D_ptr, bias_ptr, B_ptr, C_ptr,
               ckpt_ptr, last_ptr, sp_ptr, sh_ptr,
               b, g, dtile, seg, dim, per, H, W, N, NCH, NSEG, CPS,
               su0, su1, su2, su3, sd0, sd1, sd2, sd3, sz0, sz1, sz2, sz3,
-              sy0, sy1, sy2, sy3, sb0, sb1, sb2, sb3, sb4, sc0, sc1, sc2, sc3, sc4,
+              sy0, sy1, syn, sy2, sy3, sb0, sb1, sb2, sb3, sb4, sc0, sc1, sc2, sc3, sc4,
               BD: tl.constexpr, NP: tl.constexpr, BO: tl.constexpr, BI: tl.constexpr,
               COL: tl.constexpr, REV: tl.constexpr, HAS_D: tl.constexpr,
               HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-              SUMMARY: tl.constexpr, SAVE_CKPT: tl.constexpr):
+              SUMMARY: tl.constexpr, SAVE_CKPT: tl.constexpr, STATES: tl.constexpr):
     BT: tl.constexpr = BO * BI
     n_outer, n_inner, n_ib, n_ch = _line_geom(H, W, BO, BI, COL)
     c_start = seg * CPS
@@ -312,6 +329,11 @@ def _fwd_body(u_ptr, dt_ptr, z_ptr, y_ptr, A_ptr, D_ptr, bias_ptr, B_ptr, C_ptr,
         h = _sel(hs, last_k[None, None, :])
         if SUMMARY:
             p_seg = p_seg * _sel(aa, last_k[None, None, :])
+        elif STATES:
+            soff, smask = _state_off(b, g, dtile, per, N, hh, ww, valid, sy0, sy1, syn, sy2,
+                                     sy3, BD, NP)
+            tl.store(y_ptr + soff, _from_steps(tl.reshape(hs, (BD * NP, BT)), BO, BI, COL),
+                     mask=smask)
         else:
             Cv = _to_steps(tl.load(C_ptr + _bc_off(b, g, nn, hh, ww, sc0, sc1, sc2, sc3, sc4),
                                    mask=mbc, other=0.0).to(tl.float32), COL, BT)
@@ -338,11 +360,11 @@ def _fwd_kernel(u_ptr, dt_ptr, z_ptr, y_ptr, A_ptr, D_ptr, bias_ptr, B_ptr, C_pt
                 ckpt_ptr, last_ptr, sp_ptr, sh_ptr, dir_ptr,
                 dim, per, H, W, N, NCH, NSEG, CPS, N_DT,
                 su0, su1, su2, su3, sd0, sd1, sd2, sd3, sz0, sz1, sz2, sz3,
-                sy0, sy1, sy2, sy3, sb0, sb1, sb2, sb3, sb4, sc0, sc1, sc2, sc3, sc4,
+                sy0, sy1, syn, sy2, sy3, sb0, sb1, sb2, sb3, sb4, sc0, sc1, sc2, sc3, sc4,
                 BD: tl.constexpr, NP: tl.constexpr, BO_R: tl.constexpr, BI_R: tl.constexpr,
                 BO_C: tl.constexpr, BI_C: tl.constexpr, HAS_D: tl.constexpr,
                 HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-                SUMMARY: tl.constexpr, SAVE_CKPT: tl.constexpr):
+                SUMMARY: tl.constexpr, SAVE_CKPT: tl.constexpr, STATES: tl.constexpr):
     pid = tl.program_id(0)
     g = pid // N_DT
     dtile = pid - g * N_DT
@@ -352,19 +374,16 @@ def _fwd_kernel(u_ptr, dt_ptr, z_ptr, y_ptr, A_ptr, D_ptr, bias_ptr, B_ptr, C_pt
     args = (u_ptr, dt_ptr, z_ptr, y_ptr, A_ptr, D_ptr, bias_ptr, B_ptr, C_ptr,
             ckpt_ptr, last_ptr, sp_ptr, sh_ptr, b, g, dtile, seg, dim, per, H, W, N, NCH,
             NSEG, CPS, su0, su1, su2, su3, sd0, sd1, sd2, sd3, sz0, sz1, sz2, sz3,
-            sy0, sy1, sy2, sy3, sb0, sb1, sb2, sb3, sb4, sc0, sc1, sc2, sc3, sc4)
+            sy0, sy1, syn, sy2, sy3, sb0, sb1, sb2, sb3, sb4, sc0, sc1, sc2, sc3, sc4)
+    flags = (HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, SUMMARY, SAVE_CKPT, STATES)
     if code == 0:
-        _fwd_body(*args, BD, NP, BO_R, BI_R, False, False, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS,
-                  SUMMARY, SAVE_CKPT)
+        _fwd_body(*args, BD, NP, BO_R, BI_R, False, False, *flags)
     elif code == 1:
-        _fwd_body(*args, BD, NP, BO_C, BI_C, True, False, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS,
-                  SUMMARY, SAVE_CKPT)
+        _fwd_body(*args, BD, NP, BO_C, BI_C, True, False, *flags)
     elif code == 2:
-        _fwd_body(*args, BD, NP, BO_R, BI_R, False, True, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS,
-                  SUMMARY, SAVE_CKPT)
+        _fwd_body(*args, BD, NP, BO_R, BI_R, False, True, *flags)
     else:
-        _fwd_body(*args, BD, NP, BO_C, BI_C, True, True, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS,
-                  SUMMARY, SAVE_CKPT)
+        _fwd_body(*args, BD, NP, BO_C, BI_C, True, True, *flags)
 
 
 # --------------------------------------------------------------------------- backward
@@ -379,7 +398,8 @@ def _bwd_body(u_ptr, dt_ptr, z_ptr, dy_ptr, A_ptr, D_ptr, bias_ptr, B_ptr, C_ptr
               BD: tl.constexpr, NP: tl.constexpr, BO: tl.constexpr, BI: tl.constexpr,
               COL: tl.constexpr, REV: tl.constexpr, HAS_D: tl.constexpr,
               HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-              SUMMARY: tl.constexpr, HAS_DLAST: tl.constexpr, ATOMIC_BC: tl.constexpr):
+              SUMMARY: tl.constexpr, HAS_DLAST: tl.constexpr, ATOMIC_BC: tl.constexpr,
+              STATES: tl.constexpr):
     BT: tl.constexpr = BO * BI
     n_outer, n_inner, n_ib, n_ch = _line_geom(H, W, BO, BI, COL)
     c_start = seg * CPS
@@ -433,11 +453,6 @@ def _bwd_body(u_ptr, dt_ptr, z_ptr, dy_ptr, A_ptr, D_ptr, bias_ptr, B_ptr, C_ptr
         mbc = nmask[:, None, None] & valid[None, :, :]
         ms = dmask[:, None] & vs[None, :]
         ms_n = dmask[:, None] & vs_n[None, :]
-        dy = _to_steps(tl.load(dy_ptr + _map_off(b, d, hh, ww, sdy[0], sdy[1], sdy[2], sdy[3]),
-                               mask=m3, other=0.0).to(tl.float32), COL, BT)
-        Cv = _to_steps(tl.load(C_ptr + _bc_off(b, g, nn, hh, ww, sc[0], sc[1], sc[2], sc[3],
-                                               sc[4]), mask=mbc, other=0.0).to(tl.float32),
-                       COL, BT)
         dtn = _to_steps(tl.load(dt_ptr + _map_off(b, d, hn, wn, sd[0], sd[1], sd[2], sd[3]),
                                 mask=m3n, other=0.0).to(tl.float32), COL, BT)
         if HAS_BIAS:
@@ -446,15 +461,28 @@ def _bwd_body(u_ptr, dt_ptr, z_ptr, dy_ptr, A_ptr, D_ptr, bias_ptr, B_ptr, C_ptr
             dtn = _softplus(dtn)
         # alpha_t = a_{t+1}; 1 past the end and on padding (identity).
         alpha = tl.where(ms_n[:, None, :], tl.exp(dtn[:, None, :] * A[:, :, None]), 1.0)
-        zv = dy
-        zs = dy
-        gy = dy
-        if HAS_Z:
-            zv = _to_steps(tl.load(z_ptr + _map_off(b, d, hh, ww, sz[0], sz[1], sz[2], sz[3]),
-                                   mask=m3, other=0.0).to(tl.float32), COL, BT)
-            zs = _sigmoid(zv)
-            gy = dy * zv * zs
-        gsrc = Cv[None, :, :] * gy[:, None, :]                               # [BD, NP, BT]
+        if STATES:
+            # the states' own gradient is the injection g_t
+            soff, smask = _state_off(b, g, dtile, per, N, hh, ww, valid, sdy[0], sdy[1], sdy[2],
+                                     sdy[3], sdy[4], BD, NP)
+            gsrc = tl.reshape(_to_steps(tl.load(dy_ptr + soff, mask=smask, other=0.0)
+                                        .to(tl.float32), COL, BT), (BD, NP, BT))
+        else:
+            dy = _to_steps(tl.load(dy_ptr + _map_off(b, d, hh, ww, sdy[0], sdy[1], sdy[3],
+                                                     sdy[4]), mask=m3, other=0.0).to(tl.float32),
+                           COL, BT)
+            Cv = _to_steps(tl.load(C_ptr + _bc_off(b, g, nn, hh, ww, sc[0], sc[1], sc[2], sc[3],
+                                                   sc[4]), mask=mbc, other=0.0).to(tl.float32),
+                           COL, BT)
+            zv = dy
+            zs = dy
+            gy = dy
+            if HAS_Z:
+                zv = _to_steps(tl.load(z_ptr + _map_off(b, d, hh, ww, sz[0], sz[1], sz[2], sz[3]),
+                                       mask=m3, other=0.0).to(tl.float32), COL, BT)
+                zs = _sigmoid(zv)
+                gy = dy * zv * zs
+            gsrc = Cv[None, :, :] * gy[:, None, :]                           # [BD, NP, BT]
         # Reverse recurrence dh_t = alpha_t dh_{t+1} + gsrc_t as a forward scan
         # of the flipped tile.
         qa, dloc = tl.associative_scan((tl.flip(alpha, 2), tl.flip(gsrc, 2)), 2, _combine)
@@ -504,21 +532,24 @@ def _bwd_body(u_ptr, dt_ptr, z_ptr, dy_ptr, A_ptr, D_ptr, bias_ptr, B_ptr, C_ptr
             ddt = tl.where(ms, ddt, 0.0)
             dbias_acc += tl.sum(ddt, axis=1)
             dBt = tl.sum(dhs * (dtv * u)[:, None, :], axis=0)                # [NP, BT]
-            dCt = tl.sum(hs * gy[:, None, :], axis=0)
             tl.store(du_ptr + _map_off(b, d, hh, ww, sdu[0], sdu[1], sdu[2], sdu[3]),
                      _from_steps(du, BO, BI, COL).to(du_ptr.dtype.element_ty), mask=m3)
             tl.store(ddt_ptr + _map_off(b, d, hh, ww, sddt[0], sddt[1], sddt[2], sddt[3]),
                      _from_steps(ddt, BO, BI, COL).to(ddt_ptr.dtype.element_ty), mask=m3)
             off_db = _bc_off(b, g, nn, hh, ww, sdb[0], sdb[1], sdb[2], sdb[3], sdb[4])
-            off_dc = _bc_off(b, g, nn, hh, ww, sdc[0], sdc[1], sdc[2], sdc[3], sdc[4])
             if ATOMIC_BC:
                 tl.atomic_add(dB_ptr + off_db, _from_steps(dBt, BO, BI, COL), mask=mbc)
-                tl.atomic_add(dC_ptr + off_dc, _from_steps(dCt, BO, BI, COL), mask=mbc)
             else:
                 tl.store(dB_ptr + off_db, _from_steps(dBt, BO, BI, COL).to(dB_ptr.dtype.element_ty),
                          mask=mbc)
-                tl.store(dC_ptr + off_dc, _from_steps(dCt, BO, BI, COL).to(dC_ptr.dtype.element_ty),
-                         mask=mbc)
+            if not STATES:
+                dCt = tl.sum(hs * gy[:, None, :], axis=0)
+                off_dc = _bc_off(b, g, nn, hh, ww, sdc[0], sdc[1], sdc[2], sdc[3], sdc[4])
+                if ATOMIC_BC:
+                    tl.atomic_add(dC_ptr + off_dc, _from_steps(dCt, BO, BI, COL), mask=mbc)
+                else:
+                    tl.store(dC_ptr + off_dc,
+                             _from_steps(dCt, BO, BI, COL).to(dC_ptr.dtype.element_ty), mask=mbc)
     if SUMMARY:
         soff = ((b * dim + d[:, None]) * NSEG + seg) * N + nn[None, :]
         tl.store(sq_ptr + soff, q_seg, mask=dn_mask)
@@ -539,7 +570,8 @@ def _bwd_kernel(u_ptr, dt_ptr, z_ptr, dy_ptr, A_ptr, D_ptr, bias_ptr, B_ptr, C_p
                 BD: tl.constexpr, NP: tl.constexpr, BO_R: tl.constexpr, BI_R: tl.constexpr,
                 BO_C: tl.constexpr, BI_C: tl.constexpr, HAS_D: tl.constexpr,
                 HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-                SUMMARY: tl.constexpr, HAS_DLAST: tl.constexpr, ATOMIC_BC: tl.constexpr):
+                SUMMARY: tl.constexpr, HAS_DLAST: tl.constexpr, ATOMIC_BC: tl.constexpr,
+                STATES: tl.constexpr):
     pid = tl.program_id(0)
     g = pid // N_DT
     dtile = pid - g * N_DT
@@ -551,7 +583,7 @@ def _bwd_kernel(u_ptr, dt_ptr, z_ptr, dy_ptr, A_ptr, D_ptr, bias_ptr, B_ptr, C_p
             du_ptr, ddt_ptr, dz_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr, dbias_ptr,
             b, g, dtile, seg, dim, per, H, W, N, NCH, NSEG, CPS,
             su, sd, sz, sdy, sdu, sddt, sdz, sb, sc, sdb, sdc)
-    flags = (HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, SUMMARY, HAS_DLAST, ATOMIC_BC)
+    flags = (HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, SUMMARY, HAS_DLAST, ATOMIC_BC, STATES)
     if code == 0:
         _bwd_body(*args, BD, NP, BO_R, BI_R, False, False, *flags)
     elif code == 1:
@@ -591,13 +623,20 @@ def selective_scan_2d_fwd_triton(u, delta, A, B, C, codes: List[int], D=None, z=
     """Forward of the directional scan (shapes as in ``selective_scan_2d``).
 
     Returns:
-        y (batch, dim, H, W) laid out like u, in u's dtype; the last state
+        y (batch, dim, H, W) laid out like u, in u's dtype (with ``C=None``
+        the states (batch, dim, N, H, W), contiguous fp32); the last state
         (batch, dim, N) fp32; chunk-start checkpoints (batch, dim, NCH, N) fp32.
     """
     batch, dim, height, width = u.shape
     groups, n_state = B.shape[1], B.shape[2]
     cfg = scan_config(batch, dim, groups, n_state, height, width, codes, u.is_cuda)
-    y = torch.empty_like(u)
+    states = C is None
+    if states:
+        y = u.new_empty((batch, dim, n_state, height, width), dtype=torch.float32)
+        y_strides = y.stride()
+    else:
+        y = torch.empty_like(u)
+        y_strides = (y.stride(0), y.stride(1), 0, y.stride(2), y.stride(3))
     last = u.new_empty((batch, dim, n_state), dtype=torch.float32)
     ckpt = u.new_empty((batch, dim, cfg['NCH'], n_state), dtype=torch.float32)
     dirs = torch.tensor(codes, dtype=torch.int32, device=u.device)
@@ -615,10 +654,12 @@ def selective_scan_2d_fwd_triton(u, delta, A, B, C, codes: List[int], D=None, z=
     with _device_ctx(u):
         for summary in ((True, False) if nseg > 1 else (False,)):
             _fwd_kernel[grid](
-                u, delta, zz, y, A32, D32, bias32, B, C, ckpt, last, summ[0], summ[1], dirs,
+                u, delta, zz, y, A32, D32, bias32, B, B if states else C, ckpt, last, summ[0],
+                summ[1], dirs,
                 dim, dim // groups, height, width, n_state, cfg['NCH'], nseg, cfg['CPS'],
-                cfg['N_DT'], *u.stride(), *delta.stride(), *_strides(z, 4), *y.stride(),
-                *B.stride(), *C.stride(), SUMMARY=summary, SAVE_CKPT=not summary, **common)
+                cfg['N_DT'], *u.stride(), *delta.stride(), *_strides(z, 4), *y_strides,
+                *B.stride(), *(B if states else C).stride(), SUMMARY=summary,
+                SAVE_CKPT=not summary, STATES=states, **common)
     return y, last, ckpt
 
 
@@ -628,13 +669,14 @@ def selective_scan_2d_bwd_triton(dy, dlast, u, delta, A, B, C, codes: List[int],
     """Backward of :func:`selective_scan_2d_fwd_triton`.
 
     Args:
-        dy: gradient of y (batch, dim, H, W), any strides; dlast: gradient of
-            the last state (batch, dim, N) or None; ckpt: the forward's
-            checkpoints.
+        dy: gradient of y (batch, dim, H, W) (with ``C=None``: of the states,
+            (batch, dim, N, H, W)), any strides; dlast: gradient of the last
+            state (batch, dim, N) or None; ckpt: the forward's checkpoints.
     Returns:
         (du, ddelta, dA, dB, dC, dD, dz, ddelta_bias), each like its input
         (None for absent optional inputs).
     """
+    states = C is None
     batch, dim, height, width = u.shape
     groups, n_state = B.shape[1], B.shape[2]
     cfg = scan_config(batch, dim, groups, n_state, height, width, codes, u.is_cuda)
@@ -647,9 +689,11 @@ def selective_scan_2d_bwd_triton(dy, dlast, u, delta, A, B, C, codes: List[int],
     dz = torch.empty_like(z) if z is not None else None
     if atomic:
         dB = torch.zeros_like(B, dtype=torch.float32)
-        dC = torch.zeros_like(C, dtype=torch.float32)
+        dC = None if states else torch.zeros_like(C, dtype=torch.float32)
     else:
-        dB, dC = torch.empty_like(B), torch.empty_like(C)
+        dB, dC = torch.empty_like(B), None if states else torch.empty_like(C)
+    dy_strides = (dy.stride() if states
+                  else (dy.stride(0), dy.stride(1), 0, dy.stride(2), dy.stride(3)))
     dA_p = u.new_empty((batch * nseg, dim, n_state), dtype=torch.float32)
     dD_p = u.new_empty((batch * nseg, dim), dtype=torch.float32)
     dbias_p = u.new_empty((batch * nseg, dim), dtype=torch.float32)
@@ -667,15 +711,17 @@ def selective_scan_2d_bwd_triton(dy, dlast, u, delta, A, B, C, codes: List[int],
     with _device_ctx(u):
         for summary in ((True, False) if nseg > 1 else (False,)):
             _bwd_kernel[grid](
-                u, delta, zz, dy, A32, D32, bias32, B, C, ckpt, dl, summ[0], summ[1],
-                du, ddt, dzz, dB, dC, dA_p, dD_p, dbias_p, dirs,
+                u, delta, zz, dy, A32, D32, bias32, B, B if states else C, ckpt, dl, summ[0],
+                summ[1], du, ddt, dzz, dB, dB if states else dC, dA_p, dD_p, dbias_p, dirs,
                 dim, dim // groups, height, width, n_state, cfg['NCH'], nseg, cfg['CPS'],
                 cfg['N_DT'], tuple(u.stride()), tuple(delta.stride()), _strides(z, 4),
-                tuple(dy.stride()), tuple(du.stride()), tuple(ddt.stride()), _strides(dz, 4),
-                tuple(B.stride()), tuple(C.stride()), tuple(dB.stride()), tuple(dC.stride()),
-                SUMMARY=summary, **common)
+                tuple(dy_strides), tuple(du.stride()), tuple(ddt.stride()), _strides(dz, 4),
+                tuple(B.stride()), tuple((B if states else C).stride()), tuple(dB.stride()),
+                tuple((dB if states else dC).stride()), SUMMARY=summary, STATES=states,
+                **common)
     if atomic:
-        dB, dC = dB.to(B.dtype), dC.to(C.dtype)
+        dB = dB.to(B.dtype)
+        dC = None if states else dC.to(C.dtype)
     dA = dA_p.sum(0).to(A.dtype)
     dD = dD_p.sum(0).to(D.dtype) if D is not None else None
     dbias = dbias_p.sum(0).to(delta_bias.dtype) if delta_bias is not None else None

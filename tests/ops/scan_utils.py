@@ -64,12 +64,16 @@ def rel_err(a: torch.Tensor, b: torch.Tensor, floor: float = 1e-3) -> float:
 
 
 def run_scan(inp: Dict[str, Optional[torch.Tensor]], directions: Sequence[str], softplus: bool,
-             backend: Optional[str], reference64: bool = False, seed: int = 1):
+             backend: Optional[str], reference64: bool = False, seed: int = 1,
+             states: bool = False):
     """Forward + backward with random output gradients.
 
     Returns (y, last, {name: grad}); with ``reference64`` it runs the
-    reference on float64 copies of the inputs (the ground truth).
+    reference on float64 copies of the inputs (the ground truth). With
+    ``states`` the op runs without C, D and z and y is the hidden states.
     """
+    if states:
+        inp = {k: (None if k in ('C', 'D', 'z') else v) for k, v in inp.items()}
     if reference64:
         ins = {k: None if v is None else v.detach().double().cpu().requires_grad_(True)
                for k, v in inp.items()}

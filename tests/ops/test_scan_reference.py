@@ -48,6 +48,58 @@ def test_reference_matches_float64_loop(length, n_state, groups):
     assert rel_err(y, y64) < 1e-5 and rel_err(last, last64) < 1e-5
 
 
+def test_states_mode_reference_matches_loop_and_observation():
+    """C=None returns the states h_t of the float64 loop; C h + D u of them
+    gives the op's y; 1D and 2D shapes."""
+    g = torch.Generator().manual_seed(3)
+    batch, dim, n_state, length = 2, 4, 3, 19
+    u = torch.randn(batch, dim, length, generator=g)
+    delta = torch.randn(batch, dim, length, generator=g) * 0.5
+    A = -torch.rand(dim, n_state, generator=g) - 0.1
+    B = torch.randn(batch, n_state, length, generator=g)
+    C = torch.randn(batch, n_state, length, generator=g)
+    D, bias = torch.randn(dim, generator=g), torch.randn(dim, generator=g)
+    hs, last = selective_scan(u, delta, A, B, None, delta_bias=bias, delta_softplus=True,
+                              return_last_state=True)
+    assert hs.shape == (batch, dim, n_state, length) and hs.dtype == torch.float32
+    _, last64 = _loop64(u, delta, A, B[:, None], C[:, None], None, None, bias, True)
+    assert rel_err(last, last64) < 1e-5 and rel_err(hs[..., -1], last64) < 1e-5
+    y = selective_scan(u, delta, A, B, C, D=D, delta_bias=bias, delta_softplus=True)
+    assert rel_err((hs * C[:, None]).sum(2) + D[:, None] * u, y) < 1e-5
+    # 2D, channels-last: states (batch, H, W, dim, N)
+    u2 = u[:, :, :18].reshape(batch, dim, 3, 6)
+    d2 = delta[:, :, :18].reshape(batch, dim, 3, 6)
+    B2 = B[:, None, :, :18].reshape(batch, 1, n_state, 3, 6)
+    hs_first = selective_scan_2d(u2, d2, A, B2, None, ('tb',), delta_bias=bias)
+    hs_last = selective_scan_2d(u2.permute(0, 2, 3, 1), d2.permute(0, 2, 3, 1), A,
+                                B2.permute(0, 3, 4, 1, 2), None, ('tb',), delta_bias=bias,
+                                channels_last=True)
+    assert hs_first.shape == (batch, dim, n_state, 3, 6)
+    assert torch.equal(hs_last, hs_first.permute(0, 3, 4, 1, 2))
+
+
+def test_states_mode_gradcheck_float64():
+    inp = make_inputs(1, 2, 1, 2, 2, 3, dtype=torch.float64, with_D=False, with_z=False)
+    leaves = [inp[k].detach().double().requires_grad_(True)
+              for k in ('u', 'delta', 'A', 'B', 'delta_bias')]
+
+    def f(u, delta, A, B, bias):
+        return selective_scan_2d(u, delta, A, B, None, ('rl',), delta_bias=bias,
+                                 delta_softplus=True, backend='reference')
+    assert torch.autograd.gradcheck(f, leaves, eps=1e-6, atol=1e-6)
+
+
+def test_states_mode_flops_and_errors():
+    from torch.utils.flop_counter import FlopCounterMode
+    inp = {k: (v.detach() if v is not None else None) for k, v in make_inputs(2, 8, 1, 1, 3, 4).items()}
+    with FlopCounterMode(display=False) as counter:
+        selective_scan_2d(inp['u'], inp['delta'], inp['A'], inp['B'], None, ('lr',))
+    assert counter.get_total_flops() == 7 * 2 * 12 * 8 * 1
+    for kw in (dict(D=inp['D']), dict(z=inp['z'])):
+        with pytest.raises(ValueError, match=r'^D, z: must be None when C is None'):
+            selective_scan_2d(inp['u'], inp['delta'], inp['A'], inp['B'], None, ('lr',), **kw)
+
+
 def test_reference_gradcheck_float64():
     inp = make_inputs(1, 2, 1, 2, 2, 3, dtype=torch.float64)
     args = (inp['u'], inp['delta'], inp['A'].double(), inp['B'], inp['C'])

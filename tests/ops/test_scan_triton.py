@@ -13,14 +13,19 @@ from mmgroupmamba.ops import selective_scan, selective_scan_2d
 TOL = 1e-4  # relative (norm) error, fp32
 
 
-def _check(inp, dirs, softplus, tol=TOL):
-    y, last, grads = run_scan(inp, dirs, softplus, backend='triton')
-    y64, last64, grads64 = run_scan(inp, dirs, softplus, backend=None, reference64=True)
-    # y takes u's layout (u's own strides when u is dense)
-    assert y.dtype == inp['u'].dtype and y.stride() == torch.empty_like(inp['u']).stride()
+def _check(inp, dirs, softplus, tol=TOL, states=False):
+    y, last, grads = run_scan(inp, dirs, softplus, backend='triton', states=states)
+    y64, last64, grads64 = run_scan(inp, dirs, softplus, backend=None, reference64=True,
+                                    states=states)
+    if states:  # (batch, dim, N, H, W) fp32, contiguous
+        batch, dim, height, width = inp['u'].shape
+        assert y.shape == (batch, dim, inp['B'].shape[2], height, width) and y.is_contiguous()
+        assert y.dtype == torch.float32 and set(grads) == {'u', 'delta', 'A', 'B', 'delta_bias'}
+    else:  # y takes u's layout (u's own strides when u is dense)
+        assert y.dtype == inp['u'].dtype and y.stride() == torch.empty_like(inp['u']).stride()
     errs = {'y': rel_err(y.cpu(), y64), 'last': rel_err(last.cpu(), last64)}
     for k, g in grads.items():
-        assert g.shape == inp[k].shape, k
+        assert g is not None and g.shape == inp[k].shape, k
         errs['d' + k] = rel_err(g.cpu(), grads64[k])
     bad = {k: v for k, v in errs.items() if not v <= tol}
     assert not bad, f'relative errors over {tol}: {bad}'
@@ -58,6 +63,25 @@ def test_split_path(cps, kernel_device, scan_override):
     scan_override(BT=16, BD=4, CPS=cps)
     inp = make_inputs(1, 8, 4, 2 if cps == 2 else 1, 4, 5, device=kernel_device, seed=cps)
     _check(inp, ('lr', 'tb', 'rl', 'bt'), True)
+
+
+# (batch, dim, groups, N, H, W, directions, split segments): the states mode
+# (no C: Spatial-Mamba), its backward for N > 1 too, the split path, L = 1.
+STATE_CASES = [
+    (2, 8, 1, 1, 4, 5, ('lr',), None),
+    (1, 8, 2, 4, 3, 4, ('lr', 'bt'), None),
+    (1, 4, 1, 2, 4, 5, ('tb',), 1),
+    (1, 4, 1, 1, 1, 1, ('lr',), None),
+]
+
+
+@pytest.mark.parametrize('case', STATE_CASES, ids=[f'states{i}' for i in range(len(STATE_CASES))])
+def test_states_mode_matches_reference(case, kernel_device, scan_override):
+    batch, dim, groups, n, h, w, dirs, cps = case
+    if cps is not None:
+        scan_override(BT=16, BD=4, CPS=cps)
+    inp = make_inputs(batch, dim, groups, n, h, w, device=kernel_device, seed=n + h)
+    _check(inp, dirs, True, states=True)
 
 
 @pytest.mark.parametrize('layout', ['channels_last', 'strided'])
