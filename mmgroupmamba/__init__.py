@@ -7,7 +7,8 @@ is what a config's ``custom_imports=dict(imports=['mmgroupmamba'])`` relies on.
 """
 import importlib.util
 
-from .models import GroupMamba, GroupMambaClassifier, convert_official_state_dict, create_model
+from .models import (GroupMamba, GroupMambaClassifier, SpatialMamba, SpatialMambaClassifier,
+                     convert_official_state_dict, create_model)
 from .version import __version__
 
 if importlib.util.find_spec('mmengine') is not None:
@@ -16,4 +17,4 @@ if importlib.util.find_spec('mmengine') is not None:
     register_all()
 
 __all__ = ['__version__', 'create_model', 'convert_official_state_dict', 'GroupMamba',
-           'GroupMambaClassifier']
+           'GroupMambaClassifier', 'SpatialMamba', 'SpatialMambaClassifier']

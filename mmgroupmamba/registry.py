@@ -40,8 +40,9 @@ def register_all() -> None:
     # `resume` / `load_from` / init_cfg Pretrained all read files through this scheme.
     CheckpointLoader.register_scheme(prefixes='', loader=_load_local_checkpoint, force=True)
 
-    from .models import GroupMamba
+    from .models import GroupMamba, SpatialMamba
     MODELS.register_module(module=GroupMamba)
+    MODELS.register_module(module=SpatialMamba)
     if importlib.util.find_spec('mmpretrain') is not None:
         from .models import classification  # noqa: F401  (registers on import)
     if importlib.util.find_spec('mmdet') is not None:

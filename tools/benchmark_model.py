@@ -1,13 +1,14 @@
-"""Throughput and peak memory of GroupMamba T/S/B on a GPU (the issue's protocol).
+"""Throughput and peak memory of GroupMamba / Spatial-Mamba T/S/B on a GPU (the issue's protocol).
 
-    python tools/benchmark_model.py [--models groupmamba_tiny ...] [--batch 128] [--size 224]
+    python tools/benchmark_model.py [--models groupmamba_tiny spatialmamba_tiny ...] [--batch 128] [--size 224]
            [--modes infer_fp32 infer_amp train_amp] [--compile] [--json OUT]
 
 Per model and mode: images/s over ``--iters`` timed steps after ``--warmup``
 steps (CUDA events, synchronised), and the peak allocated GPU memory of that
 mode (``torch.cuda.max_memory_allocated`` after a reset). Training is one
-AdamW step with the averaged head + dist-head cross-entropy (the distillation
-teacher is not part of the student's cost and is left out, as in the anchor).
+AdamW step with the cross-entropy of the head (GroupMamba: averaged with the
+dist head's; the distillation teacher / MESA EMA model is not part of the
+student's cost and is left out, as in the anchor).
 AMP is fp16 autocast with a GradScaler, as the official training.
 """
 import argparse
@@ -37,7 +38,8 @@ def _timed(step, warmup: int, iters: int) -> float:
 def bench(name: str, mode: str, batch: int, size: int, warmup: int, iters: int,
           compile_model: bool) -> dict:
     torch.manual_seed(0)
-    model = mmgroupmamba.create_model(name, num_classes=1000, distillation=True).cuda()
+    kwargs = dict(distillation=True) if name.startswith('groupmamba') else {}
+    model = mmgroupmamba.create_model(name, num_classes=1000, **kwargs).cuda()
     if compile_model:
         model = torch.compile(model)
     x = torch.randn(batch, 3, size, size, device='cuda')
@@ -59,8 +61,9 @@ def bench(name: str, mode: str, batch: int, size: int, warmup: int, iters: int,
 
         def step():
             with torch.autocast('cuda', dtype=torch.float16, enabled=mode == 'train_amp'):
-                cls, dist = model(x)
-                loss = 0.5 * F.cross_entropy(cls, target) + 0.5 * F.cross_entropy(dist, target)
+                out = model(x)
+                heads = out if isinstance(out, tuple) else (out, )
+                loss = sum(F.cross_entropy(h, target) for h in heads) / len(heads)
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(opt)

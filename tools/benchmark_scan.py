@@ -1,18 +1,23 @@
 """Benchmark the Triton selective scan against the PyTorch reference (GPU).
 
 For each GroupMamba-T stage (batch 128, 4 groups with their own direction and
-B/C, N = 1, D + delta_bias + softplus, no z: the shape of the official layer)
-and two dense-prediction stage-1 maps, in fp32 and bf16, prints:
-our forward/backward time (the 4 groups in one launch), the reference PyTorch
-path, ``torch.compile`` of the reference (where it compiles in reasonable
-time), the effective bandwidth and its fraction of the measured device copy
-bandwidth.
+B/C, N = 1, D + delta_bias + softplus, no z: the shape of the official layer),
+two dense-prediction stage-1 maps, and each Spatial-Mamba-T stage (one
+row-major scan over D = 2C channels in the states mode, C=None), in fp32 and
+bf16, prints: our forward/backward time (the 4 groups in one launch), the
+reference PyTorch path, ``torch.compile`` of the reference (where it compiles
+in reasonable time), the effective bandwidth and its fraction of the measured
+device copy bandwidth. Spatial-Mamba rows also time the whole state-fusion
+path (scan -> ``StateFusion`` -> ``C h~ + D u``, forward and backward through
+autograd) in the "fusion path" column.
 
 Bytes (``anchors-kernels.md`` section 4.6, each tensor read/written once):
     fwd = batch * L * (dim * (2 s + s_o) + 2 G N s)
     bwd = batch * L * (dim * (3 s + 2 s_g) + G N (2 s + 2 * 4))
+states mode (fp32 states out, no C): fwd = batch * L * (dim * (2 s + 4 N) + G N s),
+bwd = batch * L * (dim * (4 s + 4 N) + G N (s + 4)).
 
-Usage: python tools/benchmark_scan.py [--out results.md] [--no-reference]
+Usage: python tools/benchmark_scan.py [--out results.md] [--no-reference] [--cases 0,6]
 """
 import argparse
 import json
@@ -32,13 +37,17 @@ from mmgroupmamba.ops.reference import CHUNK, selective_scan_2d_ref  # noqa: E40
 
 DIRS = [0, 1, 2, 3]  # lr, tb, rl, bt: one per group
 CASES = [
-    # name, batch, dim per group, H, W, official 1-group fwd/bwd us (fp32, H100)
-    ('GroupMamba-T stage 1', 128, 16, 56, 56, 70.2, 190.8),
-    ('GroupMamba-T stage 2', 128, 32, 28, 28, 42.1, 133.9),
-    ('GroupMamba-T stage 3', 128, 87, 14, 14, 31.3, 112.5),
-    ('GroupMamba-T stage 4', 128, 112, 7, 7, 30.7, 101.8),
-    ('Mask R-CNN 1333x800 stage 1', 2, 16, 200, 334, None, None),
-    ('UperNet 512x512 stage 1', 4, 16, 128, 128, None, None),
+    # name, batch, dim per group, H, W, official 1-group fwd/bwd us (fp32, H100), groups, states
+    ('GroupMamba-T stage 1', 128, 16, 56, 56, 70.2, 190.8, 4, False),
+    ('GroupMamba-T stage 2', 128, 32, 28, 28, 42.1, 133.9, 4, False),
+    ('GroupMamba-T stage 3', 128, 87, 14, 14, 31.3, 112.5, 4, False),
+    ('GroupMamba-T stage 4', 128, 112, 7, 7, 30.7, 101.8, 4, False),
+    ('Mask R-CNN 1333x800 stage 1', 2, 16, 200, 334, None, None, 4, False),
+    ('UperNet 512x512 stage 1', 4, 16, 128, 128, None, None, 4, False),
+    ('Spatial-Mamba-T stage 1 (states)', 128, 128, 56, 56, None, None, 1, True),
+    ('Spatial-Mamba-T stage 2 (states)', 128, 256, 28, 28, None, None, 1, True),
+    ('Spatial-Mamba-T stage 3 (states)', 128, 512, 14, 14, None, None, 1, True),
+    ('Spatial-Mamba-T stage 4 (states)', 128, 1024, 7, 7, None, None, 1, True),
 ]
 
 
@@ -50,8 +59,9 @@ def copy_bandwidth() -> float:
     return 2 * x.numel() * 4 / (ms * 1e-3)
 
 
-def make(batch: int, per: int, height: int, width: int, dtype: torch.dtype) -> Dict:
-    groups, n_state = 4, 1
+def make(batch: int, per: int, height: int, width: int, dtype: torch.dtype,
+         groups: int = 4) -> Dict:
+    n_state = 1
     dim = groups * per
     g = torch.Generator(device='cuda').manual_seed(0)
 
@@ -65,10 +75,40 @@ def make(batch: int, per: int, height: int, width: int, dtype: torch.dtype) -> D
                 delta_bias=torch.randn(dim, device='cuda', generator=g) * 0.3)
 
 
-def bytes_moved(batch, dim, length, s, groups=4, n_state=1):
-    fwd = batch * length * (dim * 3 * s + 2 * groups * n_state * s)
-    bwd = batch * length * (dim * 5 * s + groups * n_state * (2 * s + 8))
+def bytes_moved(batch, dim, length, s, groups=4, n_state=1, states=False):
+    if states:
+        fwd = batch * length * (dim * (2 * s + 4 * n_state) + groups * n_state * s)
+        bwd = batch * length * (dim * (4 * s + 4 * n_state) + groups * n_state * (s + 4))
+    else:
+        fwd = batch * length * (dim * 3 * s + 2 * groups * n_state * s)
+        bwd = batch * length * (dim * 5 * s + groups * n_state * (2 * s + 8))
     return fwd, bwd
+
+
+def fusion_path_times(t: Dict, height: int, width: int) -> Dict[str, float]:
+    """Spatial-Mamba's SSM core as the model runs it: states (Triton) ->
+    StateFusion -> C h~ + D u; forward, and backward of all of it (us)."""
+    from mmgroupmamba.models.spatialmamba import StateFusion
+    from mmgroupmamba.ops import selective_scan_2d
+    dim = t['u'].shape[1]
+    fusion = StateFusion(dim).cuda()
+    leaves = {k: t[k].detach().requires_grad_(True) for k in ('u', 'delta', 'B', 'C')}
+
+    def path():
+        hs = selective_scan_2d(leaves['u'], leaves['delta'], t['A'], leaves['B'], None, ('lr',),
+                               delta_bias=t['delta_bias'], delta_softplus=True)
+        return (fusion(hs) * leaves['C']).sum(2) + leaves['u'] * t['D'].view(-1, 1, 1)
+
+    def fwd():
+        with torch.no_grad():
+            return path()
+    y = path()
+    dy = torch.randn_like(y)
+
+    def bwd():
+        torch.autograd.grad(y, list(leaves.values()) + list(fusion.parameters()), dy,
+                            retain_graph=True)
+    return {'fwd': bench(fwd), 'bwd': bench(bwd)}
 
 
 def bench(fn: Callable[[], object]) -> float:
@@ -138,20 +178,21 @@ def main() -> None:
             f'triton {triton.__version__}; measured copy bandwidth {bw / 1e9:.0f} GB/s')
     print(head, flush=True)
     rows: List[Dict] = []
-    for (name, batch, per, height, width, off_f, off_b), dtype, override in jobs:
+    for (name, batch, per, height, width, off_f, off_b, groups, states), dtype, override in jobs:
         triton_scan.CONFIG_OVERRIDE.clear()
         triton_scan.CONFIG_OVERRIDE.update(override or {})
         if True:
-            t = make(batch, per, height, width, dtype)
-            dim, length = 4 * per, height * width
-            cfg = triton_scan.scan_config(batch, dim, 4, 1, height, width, DIRS, True)
+            t = make(batch, per, height, width, dtype, groups)
+            dim, length = groups * per, height * width
+            dirs = DIRS[:groups]
+            C, D = (None, None) if states else (t['C'], t['D'])
+            cfg = triton_scan.scan_config(batch, dim, groups, 1, height, width, dirs, True)
             fwd = lambda: triton_scan.selective_scan_2d_fwd_triton(  # noqa: E731
-                t['u'], t['delta'], t['A'], t['B'], t['C'], DIRS, t['D'], None,
-                t['delta_bias'], True)
+                t['u'], t['delta'], t['A'], t['B'], C, dirs, D, None, t['delta_bias'], True)
             y, last, ckpt = fwd()
             dy = torch.randn_like(y)
             bwd = lambda: triton_scan.selective_scan_2d_bwd_triton(  # noqa: E731
-                dy, None, t['u'], t['delta'], t['A'], t['B'], t['C'], DIRS, ckpt, t['D'], None,
+                dy, None, t['u'], t['delta'], t['A'], t['B'], C, dirs, ckpt, D, None,
                 t['delta_bias'], True)
             bwd()
             torch.cuda.synchronize()
@@ -162,7 +203,9 @@ def main() -> None:
                        fwd_us=bench(fwd), bwd_us=bench(bwd), official_fwd_us=off_f,
                        official_bwd_us=off_b)
             s = 4 if dtype == torch.float32 else 2
-            bf, bb = bytes_moved(batch, dim, length, s)
+            bf, bb = bytes_moved(batch, dim, length, s, groups, states=states)
+            if states:
+                row['fusion_path'] = fusion_path_times(t, height, width)
             row['fwd_GBps'] = bf / (row['fwd_us'] * 1e-6) / 1e9
             row['bwd_GBps'] = bb / (row['bwd_us'] * 1e-6) / 1e9
             row['fwd_frac'] = row['fwd_GBps'] * 1e9 / bw
@@ -171,6 +214,9 @@ def main() -> None:
             row['bwd_floor_us'] = bb / bw * 1e6
             if not args.no_reference:
                 for key, compiled in (('ref', False), ('compiled_ref', True)):
+                    if states:
+                        row[key] = 'not run (y-mode reference only)'
+                        continue
                     n_chunks = -(-length // CHUNK)
                     if compiled and (n_chunks > args.compile_max_chunks or dtype != torch.float32):
                         row[key] = f'skipped ({n_chunks} chunks, {row["dtype"]})'
@@ -192,8 +238,9 @@ def main() -> None:
     lines = [head, '',
              '| case | dtype | cfg (BD, BT, segs, warps) | fwd µs | bwd µs | fwd floor / bwd floor µs '
              '| fwd GB/s (frac) | bwd GB/s (frac) | official 1 group fwd / bwd µs '
-             '| reference fwd / bwd µs | compiled reference fwd / bwd µs |',
-             '|---|---|---|---|---|---|---|---|---|---|---|']
+             '| reference fwd / bwd µs | compiled reference fwd / bwd µs '
+             '| fusion path fwd / bwd µs |',
+             '|---|---|---|---|---|---|---|---|---|---|---|---|']
     for r in rows:
         c = r['cfg']
         off = ('–' if r['official_fwd_us'] is None
@@ -203,7 +250,8 @@ def main() -> None:
             f"| {r['fwd_us']:.1f} | {r['bwd_us']:.1f} "
             f"| {r['fwd_floor_us']:.0f} / {r['bwd_floor_us']:.0f} "
             f"| {r['fwd_GBps']:.0f} ({r['fwd_frac']:.0%}) | {r['bwd_GBps']:.0f} ({r['bwd_frac']:.0%}) "
-            f"| {off} | {fmt(r.get('ref'))} | {fmt(r.get('compiled_ref'))} |")
+            f"| {off} | {fmt(r.get('ref'))} | {fmt(r.get('compiled_ref'))} "
+            f"| {fmt(r.get('fusion_path'))} |")
     text = '\n'.join(lines)
     print(text)
     if args.out:

@@ -1,4 +1,5 @@
-"""mmpretrain glue for GroupMamba classification with hard distillation.
+"""mmpretrain glue for classification: GroupMamba's hard distillation and
+Spatial-Mamba's MESA self-distillation (:class:`MesaClassifier`).
 
 The network pieces are the core modules of :mod:`.groupmamba`; this file only
 adds mmpretrain's loss/predict protocol, the teacher and the paper's loss
@@ -15,6 +16,7 @@ both agree.
 Importing this module needs mmpretrain; :func:`mmgroupmamba.registry.register_all`
 imports it only when mmpretrain is installed.
 """
+import copy
 from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -290,3 +292,101 @@ class DistillationClassifier(ImageClassifier):
                 teacher_score = self.teacher_scores(inputs)
             return self.head.loss(feats, data_samples, teacher_score=teacher_score)
         return self.head.loss(feats, data_samples)
+
+
+@MODELS.register_module()
+class MesaClassifier(ImageClassifier):
+    """ImageClassifier with MESA self-distillation, Spatial-Mamba's recipe::
+
+        loss = label_loss(head(x), y) + mesa_weight * SoftCE(head(x), softmax(ema(x)))
+
+    The second term starts once ``mesa_start`` of training has passed (a
+    fraction of the epochs, or of the iterations for iteration-based loops);
+    ``ema`` is an exponential moving average of backbone, neck and head run in
+    eval mode without gradients on the same (mixed) batch.
+
+    The EMA copy is kept outside the module tree (not in state dicts,
+    optimizers, EMAHook copies or DDP). It is updated at the start of every
+    training forward from the weights the previous optimizer step produced,
+    which works the same under DDP (whose ``train_step`` bypasses the
+    module's). Validation EMA is EMAHook's business, as in any config.
+
+    Args:
+        mesa_weight: weight of the MESA term (upstream: 1.0 / 1.5 / 2.0 for T/S/B).
+        mesa_start: fraction of training after which the term is on (0.25).
+        ema_momentum: EMA update weight of the current model (1 - decay;
+            upstream's decay 0.9999).
+        The other arguments are ImageClassifier's.
+    """
+
+    def __init__(self, *args, mesa_weight: float = 1.0, mesa_start: float = 0.25,
+                 ema_momentum: float = 1e-4, **kwargs):
+        super().__init__(*args, **kwargs)
+        if mesa_weight < 0:
+            raise ValueError(f'mesa_weight: expected a weight >= 0, got {mesa_weight}')
+        if not 0.0 <= mesa_start <= 1.0:
+            raise ValueError(f'mesa_start: expected a fraction of training in [0, 1], '
+                             f'got {mesa_start}')
+        if not 0.0 < ema_momentum <= 1.0:
+            raise ValueError(f'ema_momentum: expected a value in (0, 1], got {ema_momentum}')
+        self.mesa_weight = mesa_weight
+        self.mesa_start = mesa_start
+        self.ema_momentum = ema_momentum
+        object.__setattr__(self, '_ema', None)  # outside the module tree on purpose
+
+    @property
+    def ema(self) -> Optional[nn.Module]:
+        """The EMA copy (``backbone``, ``neck``, ``head``), None before training."""
+        return self._ema
+
+    def _student(self) -> nn.ModuleDict:
+        parts = dict(backbone=self.backbone, head=self.head)
+        if self.with_neck:
+            parts['neck'] = self.neck
+        return nn.ModuleDict(parts)
+
+    @torch.no_grad()
+    def update_ema(self) -> None:
+        """``ema = (1 - m) * ema + m * model`` (float tensors; others copied);
+        the first call copies the model."""
+        student = self._student()
+        if self._ema is None:
+            object.__setattr__(self, '_ema', copy.deepcopy(student).requires_grad_(False).eval())
+            return
+        ema_state = self._ema.state_dict()
+        for key, value in student.state_dict().items():
+            if value.dtype.is_floating_point:
+                ema_state[key].lerp_(value.detach(), self.ema_momentum)
+            else:
+                ema_state[key].copy_(value)
+
+    @staticmethod
+    def training_progress() -> float:
+        """Fraction of training done, from the runner's message hub (0 outside
+        a run). Iterations count for epoch- and iteration-based loops alike
+        (an iteration loop reports max_epochs 1)."""
+        from mmengine.logging import MessageHub
+        hub = MessageHub.get_current_instance()
+        for cur, total in (('iter', 'max_iters'), ('epoch', 'max_epochs')):
+            done, length = hub.get_info(cur), hub.get_info(total)
+            if done is not None and length:
+                return done / length
+        return 0.0
+
+    @torch.no_grad()
+    def ema_scores(self, inputs: torch.Tensor) -> torch.Tensor:
+        ema = self._ema.eval()
+        feats = ema['backbone'](inputs)
+        if 'neck' in ema:
+            feats = ema['neck'](feats)
+        return ema['head'](feats).float()
+
+    def loss(self, inputs: torch.Tensor, data_samples: List[DataSample]) -> dict:
+        self.update_ema()
+        cls_score = self.head(self.extract_feat(inputs))
+        losses = self.head._get_loss(cls_score, data_samples)
+        if self.mesa_weight > 0 and self.training_progress() >= self.mesa_start:
+            target = self.ema_scores(inputs).softmax(dim=-1)
+            soft_ce = -(target * F.log_softmax(cls_score.float(), dim=-1)).sum(dim=-1).mean()
+            losses['loss_mesa'] = self.mesa_weight * soft_ce
+        return losses

@@ -17,7 +17,6 @@ the backbone returns ``(B, C, H, W)`` maps.
 Official checkpoints load through :func:`convert_official_state_dict`; the
 key mapping is documented there.
 """
-import copy
 import math
 import re
 from collections import OrderedDict
@@ -26,15 +25,16 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import torch.utils.checkpoint as cp
 
 from ..ops import selective_scan_2d
+from .common import (DropPath, StagedBackbone, drop_path_rates, load_checkpoint_file, run_blocks,
+                     short_keys)
 
 __all__ = [
     'arch_settings', 'ConvStem', 'Downsample', 'GroupedLayerNorm', 'GroupedDirectionalSSM',
     'ChannelAffinityModulation', 'GroupMambaLayer', 'ConvFFN', 'DropPath', 'GroupMambaBlock',
     'GroupMambaStage', 'ClassTokenBlock', 'GroupMamba', 'GroupMambaClassTail',
-    'DistillationLinearHead', 'GroupMambaClassifier', 'create_model',
+    'DistillationLinearHead', 'GroupMambaClassifier', 'create_groupmamba',
     'convert_official_state_dict', 'is_official_state_dict', 'official_key_names',
     'MODEL_NAMES', 'DIRECTIONS_OFFICIAL',
 ]
@@ -151,25 +151,6 @@ def official_init_(module: nn.Module) -> None:
 # ----------------------------------------------------------------------------
 # Building blocks.
 # ----------------------------------------------------------------------------
-class DropPath(nn.Module):
-    """Stochastic depth per sample (as timm's ``DropPath``, rescaled by
-    1 / keep probability). Input any shape with the batch first."""
-
-    def __init__(self, drop_prob: float = 0.0):
-        super().__init__()
-        self.drop_prob = float(drop_prob)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.drop_prob == 0.0 or not self.training:
-            return x
-        keep = 1.0 - self.drop_prob
-        mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
-        return x * mask.div_(keep)
-
-    def extra_repr(self) -> str:
-        return f'drop_prob={self.drop_prob}'
-
-
 class ConvStem(nn.Module):
     """Stem: 7x7/2 conv-BN-ReLU, two 3x3 conv-BN-ReLU, 3x3/2 conv (bias),
     LayerNorm (eps 1e-5). ``conv`` keeps the official Sequential indices
@@ -443,11 +424,7 @@ class GroupMambaStage(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.downsample is not None:
             x = self.downsample(x)
-        for blk in self.blocks:
-            if self.with_cp and x.requires_grad:
-                x = cp.checkpoint(blk, x, use_reentrant=False)
-            else:
-                x = blk(x)
+        x = run_blocks(self.blocks, x, self.with_cp)
         if self.norm is not None:
             x = self.norm(x)
         return x
@@ -647,20 +624,10 @@ def _to_classifier_keys(ckpt: Mapping) -> Dict[str, torch.Tensor]:
     return {(k[len('module.'):] if k.startswith('module.') else k): v for k, v in sd.items()}
 
 
-def _load_file(path: str) -> Mapping:
-    from ..utils.checkpoint import safe_load
-    return safe_load(path, map_location='cpu')
-
-
-def _short(keys: Sequence[str], n: int = 20) -> List[str]:
-    keys = list(keys)
-    return keys if len(keys) <= n else keys[:n] + [f'... ({len(keys) - n} more)']
-
-
 # ----------------------------------------------------------------------------
 # Backbone.
 # ----------------------------------------------------------------------------
-class GroupMamba(nn.Module):
+class GroupMamba(StagedBackbone):
     """GroupMamba backbone for classification, detection and segmentation.
 
     Args:
@@ -704,36 +671,17 @@ class GroupMamba(nn.Module):
                  out_indices: Sequence[int] = (0, 1, 2, 3), frozen_stages: int = -1,
                  norm_eval: bool = False, drop_path_rate: float = 0.05, with_cp: bool = False,
                  out_norm: bool = True, init_cfg: Optional[Mapping] = None):
-        super().__init__()
-        self.arch = resolve_arch(arch)
-        dims, depths = self.arch['embed_dims'], self.arch['depths']
-        self.num_stages = n = len(dims)
-        if isinstance(out_indices, int):
-            out_indices = (out_indices,)
-        idx = []
-        for i in out_indices:
-            if not isinstance(i, int) or not -n <= i < n:
-                raise ValueError(f'out_indices: expected stage indices in [{-n}, {n}), got '
-                                 f'{tuple(out_indices)}')
-            idx.append(i % n)
-        if not idx:
-            raise ValueError('out_indices: expected at least one stage index')
-        self.out_indices = tuple(sorted(set(idx)))
-        if not isinstance(frozen_stages, int) or not -1 <= frozen_stages <= n:
-            raise ValueError(f'frozen_stages: expected an int in [-1, {n}], got {frozen_stages!r}')
-        if not isinstance(in_channels, int) or in_channels < 1:
-            raise ValueError(f'in_channels: expected a positive int, got {in_channels!r}')
-        self.in_channels = in_channels
-        self.frozen_stages = frozen_stages
-        self.norm_eval = norm_eval
-        self.with_cp = with_cp
+        arch = resolve_arch(arch)
+        dims, depths = arch['embed_dims'], arch['depths']
+        super().__init__(len(dims), in_channels, out_indices, frozen_stages, norm_eval, with_cp,
+                         init_cfg)
+        self.arch = arch
+        n = self.num_stages
         self.out_norm = out_norm
-        self.init_cfg = copy.deepcopy(init_cfg)
         self.embed_dims = dims
 
         self.stem = ConvStem(in_channels, self.arch['stem_channels'], dims[0])
-        total = sum(depths)  # linear 0 -> drop_path_rate over all blocks (as torch.linspace)
-        dpr = [drop_path_rate * j / (total - 1) if total > 1 else 0.0 for j in range(total)]
+        dpr = drop_path_rates(drop_path_rate, depths)
         self.stages = nn.ModuleList()
         cur = 0
         for i in range(n):
@@ -748,11 +696,7 @@ class GroupMamba(nn.Module):
 
     # -- forward ------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
-        if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != self.in_channels:
-            got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-            raise ValueError(f'x: expected an image batch of shape '
-                             f'(batch, {self.in_channels}, H, W) (in_channels='
-                             f'{self.in_channels}), got {got}')
+        self._check_input(x)
         x = self.stem(x)
         outs = []
         for i, stage in enumerate(self.stages):
@@ -764,24 +708,9 @@ class GroupMamba(nn.Module):
         return tuple(outs)
 
     # -- train / freeze -----------------------------------------------------
-    def _freeze_stages(self) -> None:
-        frozen: List[nn.Module] = []
-        if self.frozen_stages >= 0:
-            frozen.append(self.stem)
-        frozen += list(self.stages[:max(self.frozen_stages, 0)])
-        for m in frozen:
-            m.eval()
-            for p in m.parameters():
-                p.requires_grad = False
-
-    def train(self, mode: bool = True) -> 'GroupMamba':
-        super().train(mode)
-        self._freeze_stages()
-        if mode and self.norm_eval:
-            for m in self.modules():
-                if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                    m.eval()
-        return self
+    def _frozen_modules(self) -> List[nn.Module]:
+        stem = [self.stem] if self.frozen_stages >= 0 else []
+        return stem + list(self.stages[:max(self.frozen_stages, 0)])
 
     # -- init ---------------------------------------------------------------
     def _last_norm_keys(self) -> List[str]:
@@ -792,18 +721,11 @@ class GroupMamba(nn.Module):
     def init_weights(self) -> None:
         """Official random init, or load ``init_cfg``'s checkpoint
         (``type='Pretrained'``). mmengine calls this on children that have it."""
-        cfg = self.init_cfg
-        if cfg is None or (isinstance(cfg, Mapping) and cfg.get('type') != 'Pretrained'):
-            if cfg is not None and not isinstance(cfg, Mapping):
-                raise TypeError(f'init_cfg: expected None or a dict, got {type(cfg).__name__}')
-            if cfg is not None:
-                raise ValueError(f"init_cfg: only type='Pretrained' is supported (or None for the "
-                                 f'official random init), got {cfg!r}')
+        cfg = self._pretrained_cfg()
+        if cfg is None:
             official_init_(self)
-            return
-        if 'checkpoint' not in cfg:
-            raise ValueError(f"init_cfg: type='Pretrained' needs a 'checkpoint' path, got {cfg!r}")
-        self.load_pretrained(cfg['checkpoint'], prefix=cfg.get('prefix'))
+        else:
+            self.load_pretrained(cfg['checkpoint'], prefix=cfg.get('prefix'))
 
     def load_pretrained(self, checkpoint: Union[str, Mapping], prefix: Optional[str] = None
                         ) -> None:
@@ -815,30 +737,11 @@ class GroupMamba(nn.Module):
             RuntimeError: unexpected keys, or missing keys other than the
                 dense-only output norm; or shape mismatches.
         """
-        ckpt = _load_file(checkpoint) if isinstance(checkpoint, str) else checkpoint
-        sd = _to_classifier_keys(ckpt)
-        if prefix is None:
-            prefix = 'backbone.' if any(k.startswith('backbone.') for k in sd) else ''
-        if prefix:
-            sd = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
-            if not sd:
-                raise RuntimeError(f'GroupMamba.load_pretrained: no key of {checkpoint!r} starts '
-                                   f'with prefix {prefix!r}')
-        # Anything outside the backbone (class tail, heads) is dropped.
-        sd = {k: v for k, v in sd.items() if k.startswith(('stem.', 'stages.'))}
-        own = self.state_dict()
-        last_norm = self._last_norm_keys()
-        # A dense checkpoint's last-stage output norm is skipped when this
-        # backbone has none (e.g. the classifier's backbone).
-        sd = {k: v for k, v in sd.items() if k in own or k not in last_norm}
-        missing = [k for k in own if k not in sd and k not in last_norm]
-        unexpected = [k for k in sd if k not in own]
-        if missing or unexpected:
-            raise RuntimeError(
-                f'GroupMamba.load_pretrained({checkpoint!r}): the checkpoint does not fit '
-                f'arch={self.arch}. Missing keys: {_short(missing)}; unexpected keys: '
-                f'{_short(unexpected)}')
-        self.load_state_dict(sd, strict=False)
+        ckpt = load_checkpoint_file(checkpoint) if isinstance(checkpoint, str) else checkpoint
+        # A dense checkpoint's last-stage output norm is optional both ways.
+        self._load_backbone_state(_to_classifier_keys(ckpt), checkpoint if isinstance(
+            checkpoint, str) else 'state dict', prefix, ('stem.', 'stages.'),
+            self._last_norm_keys(), f'arch={self.arch}')
 
 
 # ----------------------------------------------------------------------------
@@ -949,7 +852,7 @@ class GroupMambaClassifier(nn.Module):
 
     def load_checkpoint(self, checkpoint: Union[str, Mapping], strict: bool = True) -> None:
         """Load ours or an official checkpoint (path or loaded dict)."""
-        ckpt = _load_file(checkpoint) if isinstance(checkpoint, str) else checkpoint
+        ckpt = load_checkpoint_file(checkpoint) if isinstance(checkpoint, str) else checkpoint
         sd = _to_classifier_keys(ckpt)
         own = self.state_dict()
         missing = [k for k in own if k not in sd]
@@ -957,12 +860,12 @@ class GroupMambaClassifier(nn.Module):
         if strict and (missing or unexpected):
             raise RuntimeError(f'GroupMambaClassifier.load_checkpoint: the checkpoint does not fit '
                                f'this model (arch={self.backbone.arch}, num_classes/distillation '
-                               f'of the head). Missing keys: {_short(missing)}; unexpected keys: '
-                               f'{_short(unexpected)}')
+                               f'of the head). Missing keys: {short_keys(missing)}; unexpected keys: '
+                               f'{short_keys(unexpected)}')
         self.load_state_dict(sd, strict=strict)
 
 
-def create_model(name: str, num_classes: int = 1000, distillation: bool = True,
+def create_groupmamba(name: str, num_classes: int = 1000, distillation: bool = True,
                  pretrained: Optional[Union[str, Mapping]] = None, **kwargs
                  ) -> GroupMambaClassifier:
     """Build the classification network ``groupmamba_{tiny,small,base}``.
@@ -975,7 +878,8 @@ def create_model(name: str, num_classes: int = 1000, distillation: bool = True,
             ``in_channels``.
     """
     if name not in MODEL_NAMES:
-        raise ValueError(f'create_model: unknown model {name!r}; valid names: {list(MODEL_NAMES)}')
+        raise ValueError(f'create_groupmamba: unknown model {name!r}; valid names: '
+                         f'{list(MODEL_NAMES)}')
     model = GroupMambaClassifier(name.split('_', 1)[1], num_classes=num_classes,
                                  distillation=distillation, **kwargs)
     if pretrained is not None:

@@ -6,9 +6,9 @@ import os
 import pytest
 import torch
 
-from mmgroupmamba.models import (GroupMamba, GroupMambaClassifier, arch_settings,
+from mmgroupmamba.models import (GroupMamba, GroupMambaClassifier,
                                  convert_official_state_dict, create_model)
-from mmgroupmamba.models.groupmamba import DistillationLinearHead
+from mmgroupmamba.models.groupmamba import DistillationLinearHead, arch_settings
 
 OFFICIAL_JSON = os.path.join(os.path.dirname(__file__), '..', '..', '..', 'shared', 'reference',
                              'groupmamba_official_state_dict.json')

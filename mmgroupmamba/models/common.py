@@ -1,0 +1,168 @@
+"""Pieces shared by the backbones (GroupMamba, Spatial-Mamba): stochastic
+depth, argument checks, the stage-freezing / ``norm_eval`` train mode, and
+strict pretrained loading with a readable key report.
+
+Pure PyTorch (no OpenMMLab import).
+"""
+from typing import Collection, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+import torch.utils.checkpoint as cp
+
+
+class DropPath(nn.Module):
+    """Stochastic depth per sample (as timm's ``DropPath``, rescaled by
+    1 / keep probability). Input any shape with the batch first."""
+
+    def __init__(self, drop_prob: float = 0.0):
+        super().__init__()
+        self.drop_prob = float(drop_prob)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.drop_prob == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.drop_prob
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
+        return x * mask.div_(keep)
+
+    def extra_repr(self) -> str:
+        return f'drop_prob={self.drop_prob}'
+
+
+def drop_path_rates(rate: float, depths: Sequence[int]) -> List[float]:
+    """Linear 0 -> ``rate`` over all blocks (as ``torch.linspace``)."""
+    total = sum(depths)
+    return [rate * j / (total - 1) if total > 1 else 0.0 for j in range(total)]
+
+
+def short_keys(keys: Iterable[str], n: int = 20) -> List[str]:
+    keys = list(keys)
+    return keys if len(keys) <= n else keys[:n] + [f'... ({len(keys) - n} more)']
+
+
+def load_checkpoint_file(path: str) -> Mapping:
+    from ..utils.checkpoint import safe_load
+    return safe_load(path, map_location='cpu')
+
+
+class StagedBackbone(nn.Module):
+    """Base of the hierarchical backbones: validates and stores the options
+    every backbone takes, and keeps frozen stages and (with ``norm_eval``)
+    BatchNorms in eval mode through ``train()``.
+
+    Subclasses build their modules, then call :meth:`_freeze_stages`, and
+    implement :meth:`_frozen_modules`.
+    """
+
+    def __init__(self, num_stages: int, in_channels: int, out_indices: Union[int, Sequence[int]],
+                 frozen_stages: int, norm_eval: bool, with_cp: bool,
+                 init_cfg: Optional[Mapping]):
+        super().__init__()
+        n = num_stages
+        if isinstance(out_indices, int):
+            out_indices = (out_indices,)
+        idx = []
+        for i in out_indices:
+            if not isinstance(i, int) or not -n <= i < n:
+                raise ValueError(f'out_indices: expected stage indices in [{-n}, {n}), got '
+                                 f'{tuple(out_indices)}')
+            idx.append(i % n)
+        if not idx:
+            raise ValueError('out_indices: expected at least one stage index')
+        if not isinstance(frozen_stages, int) or not -1 <= frozen_stages <= n:
+            raise ValueError(f'frozen_stages: expected an int in [-1, {n}], got {frozen_stages!r}')
+        if not isinstance(in_channels, int) or in_channels < 1:
+            raise ValueError(f'in_channels: expected a positive int, got {in_channels!r}')
+        if init_cfg is not None and not isinstance(init_cfg, Mapping):
+            raise TypeError(f'init_cfg: expected None or a dict, got {type(init_cfg).__name__}')
+        self.num_stages = n
+        self.out_indices: Tuple[int, ...] = tuple(sorted(set(idx)))
+        self.in_channels = in_channels
+        self.frozen_stages = frozen_stages
+        self.norm_eval = norm_eval
+        self.with_cp = with_cp
+        self.init_cfg = dict(init_cfg) if init_cfg is not None else None
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != self.in_channels:
+            got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(f'x: expected an image batch of shape (batch, {self.in_channels}, H, W) '
+                             f'(in_channels={self.in_channels}), got {got}')
+
+    def _frozen_modules(self) -> List[nn.Module]:
+        """The stem when ``frozen_stages >= 0`` plus stages ``0..frozen_stages-1``."""
+        raise NotImplementedError
+
+    def _freeze_stages(self) -> None:
+        for m in self._frozen_modules():
+            m.eval()
+            for p in m.parameters():
+                p.requires_grad = False
+
+    def train(self, mode: bool = True) -> 'StagedBackbone':
+        super().train(mode)
+        self._freeze_stages()
+        if mode and self.norm_eval:
+            for m in self.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+        return self
+
+    def _pretrained_cfg(self) -> Optional[Mapping]:
+        """``init_cfg`` if it asks for a checkpoint, None for a random init;
+        raises on anything else."""
+        cfg = self.init_cfg
+        if cfg is None:
+            return None
+        if cfg.get('type') != 'Pretrained':
+            raise ValueError(f"init_cfg: only type='Pretrained' is supported (or None for the "
+                             f'official random init), got {cfg!r}')
+        if 'checkpoint' not in cfg:
+            raise ValueError(f"init_cfg: type='Pretrained' needs a 'checkpoint' path, got {cfg!r}")
+        return cfg
+
+    def _load_backbone_state(self, sd: Mapping[str, torch.Tensor], source: str,
+                             prefix: Optional[str], own_prefixes: Tuple[str, ...],
+                             optional: Collection[str], describe: str) -> None:
+        """Strictly load ``sd`` (already in our key names) into this backbone.
+
+        Args:
+            sd: a backbone state dict, or a model one whose backbone keys start
+                with ``prefix`` (default: ``'backbone.'`` if any key has it).
+            own_prefixes: keys outside these (heads, class tails) are dropped.
+            optional: own keys the checkpoint may lack (new output norms),
+                and checkpoint keys dropped if this backbone lacks them.
+            describe: the architecture, for the error message.
+        Raises:
+            RuntimeError: any other missing or unexpected key.
+        """
+        name = type(self).__name__
+        if prefix is None:
+            prefix = 'backbone.' if any(k.startswith('backbone.') for k in sd) else ''
+        if prefix:
+            sd = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+            if not sd:
+                raise RuntimeError(f'{name}.load_pretrained: no key of {source!r} starts with '
+                                   f'prefix {prefix!r}')
+        sd = {k: v for k, v in sd.items() if k.startswith(own_prefixes)}
+        own = self.state_dict()
+        sd = {k: v for k, v in sd.items() if k in own or k not in optional}
+        missing = [k for k in own if k not in sd and k not in optional]
+        unexpected = [k for k in sd if k not in own]
+        if missing or unexpected:
+            raise RuntimeError(
+                f'{name}.load_pretrained({source!r}): the checkpoint does not fit {describe}. '
+                f'Missing keys: {short_keys(missing)}; unexpected keys: {short_keys(unexpected)}')
+        self.load_state_dict(sd, strict=False)
+
+
+def run_blocks(blocks: Iterable[nn.Module], x: torch.Tensor, with_cp: bool) -> torch.Tensor:
+    """Run ``blocks`` in order, with activation checkpointing per block when
+    ``with_cp`` and a gradient is needed."""
+    for blk in blocks:
+        if with_cp and x.requires_grad:
+            x = cp.checkpoint(blk, x, use_reentrant=False)
+        else:
+            x = blk(x)
+    return x
