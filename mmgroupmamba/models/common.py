@@ -30,6 +30,12 @@ class DropPath(nn.Module):
         return f'drop_prob={self.drop_prob}'
 
 
+def at_least_fp32(t: torch.Tensor) -> torch.Tensor:
+    """fp16/bf16 -> fp32, float64 kept: the scan's SSM parameters (A, D,
+    delta bias) stay exact in a float64 model."""
+    return t if t.dtype == torch.float64 else t.float()
+
+
 def drop_path_rates(rate: float, depths: Sequence[int]) -> List[float]:
     """Linear 0 -> ``rate`` over all blocks (as ``torch.linspace``)."""
     total = sum(depths)

@@ -27,8 +27,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..ops import selective_scan_2d
-from .common import (DropPath, StagedBackbone, drop_path_rates, load_checkpoint_file, run_blocks,
-                     short_keys)
+from .common import (DropPath, StagedBackbone, at_least_fp32, drop_path_rates,
+                     load_checkpoint_file, run_blocks, short_keys)
 
 __all__ = [
     'arch_settings', 'ConvStem', 'Downsample', 'GroupedLayerNorm', 'GroupedDirectionalSSM',
@@ -305,7 +305,7 @@ class GroupedDirectionalSSM(nn.Module):
         dts, Bs, Cs = x_dbl.split([R, N, N], dim=-1)                 # (b,h,w,G,R|N|N)
         delta = torch.einsum('bhwgr,gdr->bhwgd', dts, self.dt_projs_weight).reshape(b, h, w, dim)
         # The scan runs in float32 at least (as upstream's force_fp32).
-        f32 = (lambda t: t if t.dtype == torch.float64 else t.float())
+        f32 = at_least_fp32
         y = selective_scan_2d(
             f32(xs), f32(delta), -torch.exp(f32(self.A_logs)), f32(Bs), f32(Cs), self.directions,
             D=f32(self.Ds), delta_bias=f32(self.dt_projs_bias.reshape(-1)),

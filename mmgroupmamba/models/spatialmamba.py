@@ -31,8 +31,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..ops import selective_scan_2d
-from .common import (DropPath, StagedBackbone, drop_path_rates, load_checkpoint_file, run_blocks,
-                     short_keys)
+from .common import (DropPath, StagedBackbone, at_least_fp32, drop_path_rates,
+                     load_checkpoint_file, run_blocks, short_keys)
 
 __all__ = [
     'arch_settings', 'ConvNormAct', 'SpatialMambaStem', 'SpatialMambaDownsample', 'StateFusion',
@@ -254,9 +254,9 @@ class StructureAwareSSM(nn.Module):
         x_dbl = torch.matmul(self.x_proj_weight, u.reshape(batch, dim, -1))  # (B, R + 2N, L)
         dts, Bs, Cs = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=1)
         dts = torch.matmul(self.dt_projs_weight, dts).view(batch, dim, height, width)
-        hs = selective_scan_2d(u, dts, -torch.exp(self.A_logs.float()),
+        hs = selective_scan_2d(u, dts, -torch.exp(at_least_fp32(self.A_logs)),
                                Bs.reshape(batch, 1, self.d_state, height, width), None, ('lr',),
-                               delta_bias=self.dt_projs_bias.float(), delta_softplus=True)
+                               delta_bias=at_least_fp32(self.dt_projs_bias), delta_softplus=True)
         hs = self.state_fusion(hs)                                          # (B, D, N, H, W)
         Cs = Cs.reshape(batch, 1, self.d_state, height, width)
         y = (hs * Cs).sum(dim=2) + u * self.Ds.view(-1, 1, 1)

@@ -461,6 +461,14 @@ def _bwd_body(u_ptr, dt_ptr, z_ptr, dy_ptr, A_ptr, D_ptr, bias_ptr, B_ptr, C_ptr
             dtn = _softplus(dtn)
         # alpha_t = a_{t+1}; 1 past the end and on padding (identity).
         alpha = tl.where(ms_n[:, None, :], tl.exp(dtn[:, None, :] * A[:, :, None]), 1.0)
+        # (defined before the branch: Triton keeps only names that exist on
+        # every path, even for a constexpr condition)
+        dy = tl.zeros([BD, BT], dtype=tl.float32)
+        Cv = tl.zeros([NP, BT], dtype=tl.float32)
+        zv = dy
+        zs = dy
+        gy = dy
+        gsrc = tl.zeros([BD, NP, BT], dtype=tl.float32)
         if STATES:
             # the states' own gradient is the injection g_t
             soff, smask = _state_off(b, g, dtile, per, N, hh, ww, valid, sdy[0], sdy[1], sdy[2],
