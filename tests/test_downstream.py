@@ -1,4 +1,5 @@
-"""Detection (mmdet Mask R-CNN) and segmentation (mmseg UperNet) on GroupMamba.
+"""Detection (mmdet Mask R-CNN) and segmentation (mmseg UperNet) on GroupMamba
+and Spatial-Mamba.
 
 CPU only, a few minutes in all:
 
@@ -11,7 +12,8 @@ CPU only, a few minutes in all:
   predict, at a 800x1333-like aspect (scaled down) and at odd sizes;
 * the demo configs train one iteration and evaluate once through mmengine's
   Runner (Mask R-CNN: ``coco/bbox_mAP``, ``coco/segm_mAP``; UperNet:
-  ``mIoU``, and ``mIoU`` again with ``tools/test.py``'s ``--tta``);
+  ``mIoU``, and ``mIoU`` again with ``tools/test.py``'s ``--tta``), the
+  Spatial-Mamba ones too;
 * ``tools/visualize.py`` draws both models' predictions into PNG files.
 """
 import copy
@@ -29,7 +31,7 @@ from mmengine.registry import DefaultScope
 from mmengine.runner import Runner
 
 import mmgroupmamba
-from mmgroupmamba.models.groupmamba import arch_settings
+from mmgroupmamba.models import groupmamba, spatialmamba
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 DET_CONFIGS = sorted(glob.glob(osp.join(ROOT, 'configs', 'detection', '*.py')))
@@ -37,6 +39,15 @@ SEG_CONFIGS = sorted(glob.glob(osp.join(ROOT, 'configs', 'segmentation', '*.py')
 ALL_CONFIGS = DET_CONFIGS + SEG_CONFIGS
 DET_DEMO = osp.join(ROOT, 'configs', 'detection', 'mask-rcnn_groupmamba-tiny_fpn_demo.py')
 SEG_DEMO = osp.join(ROOT, 'configs', 'segmentation', 'upernet_groupmamba-tiny_demo.py')
+SM_DET_DEMO = osp.join(ROOT, 'configs', 'detection', 'mask-rcnn_spatialmamba-tiny_fpn_demo.py')
+SM_SEG_DEMO = osp.join(ROOT, 'configs', 'segmentation', 'upernet_spatialmamba-tiny_demo.py')
+DEMOS = (DET_DEMO, SEG_DEMO, SM_DET_DEMO, SM_SEG_DEMO)
+#: backbone type -> (class, arch table, drop path of the T/S/B recipes)
+BACKBONES = {
+    'mmgroupmamba.GroupMamba': (mmgroupmamba.GroupMamba, groupmamba.arch_settings),
+    'mmgroupmamba.SpatialMamba': (mmgroupmamba.SpatialMamba, spatialmamba.arch_settings),
+}
+arch_settings = groupmamba.arch_settings
 DET_T = osp.join(ROOT, 'configs', 'detection', 'mask-rcnn_groupmamba-tiny_fpn_1x_coco.py')
 SEG_T = osp.join(ROOT, 'configs', 'segmentation',
                  'upernet_groupmamba-tiny_8xb2-160k_ade20k-512x512.py')
@@ -88,12 +99,12 @@ def test_config_parses(path):
     cfg = Config.fromfile(path)
     assert cfg.custom_imports == dict(imports=['mmgroupmamba'], allow_failed_imports=False)
     backbone = cfg.model.backbone
-    assert backbone.type == 'mmgroupmamba.GroupMamba'
+    assert backbone.type in BACKBONES
     # _delete_=True: nothing of Swin's backbone dict leaks in.
     assert not {'embed_dims', 'num_heads', 'window_size', 'convert_weights'} & set(backbone)
     assert tuple(backbone.out_indices) == (0, 1, 2, 3)
-    dims = list(arch_settings[backbone.arch]['embed_dims'])
-    demo = path in (DET_DEMO, SEG_DEMO)
+    dims = list(BACKBONES[backbone.type][1][backbone.arch]['embed_dims'])
+    demo = path in DEMOS
     if demo:
         assert backbone.init_cfg is None  # trains from scratch, no download
     else:
@@ -122,7 +133,9 @@ def test_config_parses(path):
         assert [t.prob for t in tta.transforms[1]] == [0., 1.]  # flip off / on
         if not demo:
             assert (optimizer.lr, optimizer.weight_decay) == (6e-5, 0.01)
-            assert ratios == [0.5, 0.75, 1.0, 1.25, 1.5, 1.75]
+            # Spatial-Mamba's own TTA scales; GroupMamba keeps mmseg's ADE20K set
+            assert ratios == ([0.75, 1.0, 1.25] if 'spatialmamba' in path
+                              else [0.5, 0.75, 1.0, 1.25, 1.5, 1.75])
             assert cfg.train_cfg.max_iters == 160000
             assert cfg.model.decode_head.num_classes == 150
             assert cfg.crop_size == (512, 512)
@@ -137,16 +150,25 @@ EXPECTED_PARAMS_M = {
     'upernet_groupmamba-tiny_8xb2-160k_ade20k-512x512': 50.60,
     'upernet_groupmamba-small_8xb2-160k_ade20k-512x512': 61.71,
     'upernet_groupmamba-base_8xb2-160k_ade20k-512x512': 84.34,
+    # upstream Spatial-Mamba: Mask R-CNN T/S/B 46M / 63M / 115M, UperNet 57M / 73M / 127M
+    'mask-rcnn_spatialmamba-tiny_fpn_1x_coco': 46.39,
+    'mask-rcnn_spatialmamba-tiny_fpn_ms-3x_coco': 46.39,
+    'mask-rcnn_spatialmamba-small_fpn_1x_coco': 62.71,
+    'mask-rcnn_spatialmamba-small_fpn_ms-3x_coco': 62.71,
+    'mask-rcnn_spatialmamba-base_fpn_1x_coco': 115.25,
+    'upernet_spatialmamba-tiny_8xb2-160k_ade20k-512x512': 56.54,
+    'upernet_spatialmamba-small_8xb2-160k_ade20k-512x512': 72.87,
+    'upernet_spatialmamba-base_8xb2-160k_ade20k-512x512': 127.40,
 }
 
 
-@pytest.mark.parametrize('path', [p for p in ALL_CONFIGS if p not in (DET_DEMO, SEG_DEMO)],
-                         ids=_name)
+@pytest.mark.parametrize('path', [p for p in ALL_CONFIGS if p not in DEMOS], ids=_name)
 def test_model_builds(path):
     cfg = Config.fromfile(path)
     model = build_model(cfg)
-    assert isinstance(model.backbone, mmgroupmamba.GroupMamba)
-    assert model.backbone.embed_dims == arch_settings[_arch(cfg)]['embed_dims']
+    cls, table = BACKBONES[cfg.model.backbone.type]
+    assert isinstance(model.backbone, cls)
+    assert model.backbone.embed_dims == table[_arch(cfg)]['embed_dims']
     expected = EXPECTED_PARAMS_M[_name(path)]
     print(f'{_name(path)}: {n_params(model):.2f}M params')
     if expected is not None:
@@ -313,6 +335,27 @@ def test_upernet_demo_trains_and_evaluates(seg_demo_run):
         assert key in hook.val[0], sorted(hook.val[0])
         assert 0 <= hook.val[0][key] <= 100
     assert osp.isfile(osp.join(work_dir, 'iter_1.pth'))
+
+
+@pytest.mark.parametrize('path', [SM_DET_DEMO, SM_SEG_DEMO], ids=_name)
+def test_spatialmamba_demo_trains_one_iteration_and_evaluates(path, tmp_path):
+    cfg = Config.fromfile(path)
+    if path == SM_DET_DEMO:
+        cfg.train_dataloader.dataset.indices = 2
+        cfg.val_dataloader.dataset.indices = 2
+        cfg.train_cfg.max_epochs = 1
+        keys = ('coco/bbox_mAP', 'coco/segm_mAP')
+    else:
+        cfg.train_cfg.max_iters = cfg.train_cfg.val_interval = 1
+        cfg.param_scheduler = [dict(type='ConstantLR', factor=1.0, by_epoch=False)]
+        cfg.val_dataloader.dataset.indices = 2
+        keys = ('mIoU', )
+    cfg.default_hooks.checkpoint.interval = 1
+    runner, hook = _runner(cfg, tmp_path, _name(path))
+    assert isinstance(runner.model.backbone, mmgroupmamba.SpatialMamba)
+    runner.train()
+    assert len(hook.losses) == 1 and np.isfinite(hook.losses[0])
+    assert len(hook.val) == 1 and all(k in hook.val[0] for k in keys), hook.val
 
 
 def _tta_runner(cfg_path: str, checkpoint: str, work_dir, name: str):
