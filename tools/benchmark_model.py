@@ -14,6 +14,7 @@ AMP is fp16 autocast with a GradScaler, as the official training.
 import argparse
 import json
 import sys
+import time
 
 import torch
 import torch.nn.functional as F
@@ -39,10 +40,20 @@ def bench(name: str, mode: str, batch: int, size: int, warmup: int, iters: int,
           compile_model: bool) -> dict:
     torch.manual_seed(0)
     kwargs = dict(distillation=True) if name.startswith('groupmamba') else {}
-    model = mmgroupmamba.create_model(name, num_classes=1000, **kwargs).cuda()
+    eager = model = mmgroupmamba.create_model(name, num_classes=1000, **kwargs).cuda()
     if compile_model:
         model = torch.compile(model)
     x = torch.randn(batch, 3, size, size, device='cuda')
+    check = None
+    if compile_model and mode.startswith('infer'):
+        # the compiled model must compute the eager model's function
+        eager.eval()
+        with torch.inference_mode(), torch.autocast('cuda', dtype=torch.float16,
+                                                    enabled=mode == 'infer_amp'):
+            want, got = eager(x), model(x)  # the benchmark shape: no recompilation
+        want, got = torch.cat([w.float() for w in (want if isinstance(want, tuple) else (want, ))]), \
+            torch.cat([g.float() for g in (got if isinstance(got, tuple) else (got, ))])
+        check = ((got - want).norm() / want.norm()).item()
     target = torch.randint(0, 1000, (batch, ), device='cuda')
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
@@ -69,9 +80,14 @@ def bench(name: str, mode: str, batch: int, size: int, warmup: int, iters: int,
             scaler.step(opt)
             scaler.update()
 
+    t0 = time.perf_counter()
+    step()  # the first step includes torch.compile's compilation
+    torch.cuda.synchronize()
+    first = time.perf_counter() - t0
     sec = _timed(step, warmup, iters)
     return dict(model=name, mode=mode, batch=batch, size=size, compiled=compile_model,
-                img_per_s=batch / sec, peak_gib=torch.cuda.max_memory_allocated() / 2**30)
+                img_per_s=batch / sec, peak_gib=torch.cuda.max_memory_allocated() / 2**30,
+                first_step_s=first, rel_err_vs_eager=check)
 
 
 def main() -> None:
@@ -91,14 +107,17 @@ def main() -> None:
     print(f'# {torch.cuda.get_device_name()} | torch {torch.__version__} | '
           f'triton {getattr(__import__("triton"), "__version__", "?")}', flush=True)
     rows = []
-    print('| model | mode | batch | img/s | peak GiB |')
-    print('|---|---|---|---|---|')
+    print('| model | mode | batch | img/s | peak GiB | first step s | rel. error vs eager |')
+    print('|---|---|---|---|---|---|---|')
     for name in args.models:
         for mode in args.modes:
             row = bench(name, mode, args.batch, args.size, args.warmup, args.iters, args.compile)
             rows.append(row)
+            err = row['rel_err_vs_eager']
+            err = '–' if err is None else f'{err:.1e}'
             print(f"| {name} | {mode}{' (compiled)' if args.compile else ''} | {args.batch} | "
-                  f"{row['img_per_s']:.0f} | {row['peak_gib']:.1f} |", flush=True)
+                  f"{row['img_per_s']:.0f} | {row['peak_gib']:.1f} | {row['first_step_s']:.1f} | "
+                  f'{err} |', flush=True)
     if args.json:
         with open(args.json, 'w') as f:
             json.dump(rows, f, indent=1)
