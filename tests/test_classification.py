@@ -142,6 +142,29 @@ def _mesa_model(**overrides):
                               **overrides})
 
 
+@pytest.mark.parametrize('variant,drop_path,mesa,params', [
+    ('tiny', 0.2, 1.0, 26_748_862), ('small', 0.3, 1.5, 43_074_280), ('base', 0.5, 2.0, 95_745_592)])
+def test_spatialmamba_recipe_configs(variant, drop_path, mesa, params):
+    """Upstream's recipe: drop path, MESA weight from 25% of training, EMA,
+    AdamW 1e-3 / wd 0.05 at batch 1024, label smoothing, mixup/cutmix; the
+    built classifier has upstream's parameter count."""
+    path = os.path.join(ROOT, 'configs', 'classification', f'spatialmamba-{variant}_8xb128_in1k.py')
+    cfg = Config.fromfile(path)
+    m = cfg.model
+    assert (m.type, m.backbone.type, m.backbone.arch) == ('mmgroupmamba.MesaClassifier',
+                                                          'mmgroupmamba.SpatialMamba', variant)
+    assert (m.backbone.drop_path_rate, m.mesa_weight, m.mesa_start) == (drop_path, mesa, 0.25)
+    assert m.head.loss == dict(type='LabelSmoothLoss', label_smooth_val=0.1, mode='original')
+    assert [a.type for a in m.train_cfg.augments] == ['Mixup', 'CutMix']
+    opt = cfg.optim_wrapper.optimizer
+    assert (opt.type, opt.lr, opt.weight_decay) == ('AdamW', 1e-3, 0.05)
+    assert cfg.auto_scale_lr.base_batch_size == 1024 and cfg.train_dataloader.batch_size == 128
+    assert cfg.custom_hooks[0].type == 'EMAHook' and cfg.train_cfg.max_epochs == 300
+    with torch.device('meta'):
+        model = _build(path)
+    assert sum(p.numel() for p in model.parameters()) == params
+
+
 def test_mesa_loss_starts_on_schedule_and_matches_hand_computation():
     from mmengine.logging import MessageHub
     torch.manual_seed(0)

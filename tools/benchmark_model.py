@@ -15,6 +15,7 @@ import argparse
 import json
 import sys
 import time
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -36,13 +37,50 @@ def _timed(step, warmup: int, iters: int) -> float:
     return start.elapsed_time(end) / 1000 / iters
 
 
-def bench(name: str, mode: str, batch: int, size: int, warmup: int, iters: int,
-          compile_model: bool) -> dict:
+def build(name: str, compile_model: bool):
+    """(eager model, the model to run: compiled or the same), on the GPU, seeded."""
     torch.manual_seed(0)
     kwargs = dict(distillation=True) if name.startswith('groupmamba') else {}
-    eager = model = mmgroupmamba.create_model(name, num_classes=1000, **kwargs).cuda()
-    if compile_model:
-        model = torch.compile(model)
+    eager = mmgroupmamba.create_model(name, num_classes=1000, **kwargs).cuda()
+    return eager, (torch.compile(eager) if compile_model else eager)
+
+
+def make_step(model: torch.nn.Module, mode: str, x: torch.Tensor) -> Callable[[], None]:
+    """One step of ``mode``: inference (fp32 or fp16 autocast) or an AdamW
+    training step on the heads' mean cross-entropy (fp16 autocast + GradScaler)."""
+    amp = mode.endswith('amp')
+    if mode.startswith('infer'):
+        model.eval()
+
+        @torch.inference_mode()
+        def step():
+            with torch.autocast('cuda', dtype=torch.float16, enabled=amp):
+                model(x)
+        return step
+    model.train()
+    target = torch.randint(0, 1000, (x.shape[0], ), device=x.device)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    scaler = torch.amp.GradScaler('cuda')
+
+    def step():
+        with torch.autocast('cuda', dtype=torch.float16, enabled=amp):
+            out = model(x)
+            heads = out if isinstance(out, tuple) else (out, )
+            loss = sum(F.cross_entropy(h, target) for h in heads) / len(heads)
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+    return step
+
+
+def _logits(out) -> torch.Tensor:
+    return torch.cat([o.float() for o in (out if isinstance(out, tuple) else (out, ))])
+
+
+def bench(name: str, mode: str, batch: int, size: int, warmup: int, iters: int,
+          compile_model: bool) -> dict:
+    eager, model = build(name, compile_model)
     x = torch.randn(batch, 3, size, size, device='cuda')
     check = None
     if compile_model and mode.startswith('infer'):
@@ -50,36 +88,11 @@ def bench(name: str, mode: str, batch: int, size: int, warmup: int, iters: int,
         eager.eval()
         with torch.inference_mode(), torch.autocast('cuda', dtype=torch.float16,
                                                     enabled=mode == 'infer_amp'):
-            want, got = eager(x), model(x)  # the benchmark shape: no recompilation
-        want, got = torch.cat([w.float() for w in (want if isinstance(want, tuple) else (want, ))]), \
-            torch.cat([g.float() for g in (got if isinstance(got, tuple) else (got, ))])
+            want, got = _logits(eager(x)), _logits(model(x))  # the benchmark shape
         check = ((got - want).norm() / want.norm()).item()
-    target = torch.randint(0, 1000, (batch, ), device='cuda')
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
-    if mode.startswith('infer'):
-        model.eval()
-        amp = mode == 'infer_amp'
-
-        @torch.inference_mode()
-        def step():
-            with torch.autocast('cuda', dtype=torch.float16, enabled=amp):
-                model(x)
-    else:
-        model.train()
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-        scaler = torch.amp.GradScaler('cuda')
-
-        def step():
-            with torch.autocast('cuda', dtype=torch.float16, enabled=mode == 'train_amp'):
-                out = model(x)
-                heads = out if isinstance(out, tuple) else (out, )
-                loss = sum(F.cross_entropy(h, target) for h in heads) / len(heads)
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-
+    step = make_step(model, mode, x)
     t0 = time.perf_counter()
     step()  # the first step includes torch.compile's compilation
     torch.cuda.synchronize()

@@ -16,9 +16,7 @@ import sys
 from collections import defaultdict
 
 import torch
-import torch.nn.functional as F
-
-import mmgroupmamba
+from benchmark_model import build, make_step  # tools/ is the script's folder
 
 KINDS = [
     ('scan', re.compile(r'_fwd_kernel|_bwd_kernel|selective_scan')),
@@ -36,39 +34,6 @@ def kind_of(name: str) -> str:
         if pattern.search(name):
             return kind
     return 'other'
-
-
-def make_step(name: str, mode: str, batch: int, compile_model: bool):
-    torch.manual_seed(0)
-    kwargs = dict(distillation=True) if name.startswith('groupmamba') else {}
-    model = mmgroupmamba.create_model(name, num_classes=1000, **kwargs).cuda()
-    if compile_model:
-        model = torch.compile(model)
-    x = torch.randn(batch, 3, 224, 224, device='cuda')
-    amp = mode.endswith('amp')
-    if mode.startswith('infer'):
-        model.eval()
-
-        @torch.inference_mode()
-        def step():
-            with torch.autocast('cuda', dtype=torch.float16, enabled=amp):
-                model(x)
-        return step
-    model.train()
-    target = torch.randint(0, 1000, (batch, ), device='cuda')
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    scaler = torch.amp.GradScaler('cuda')
-
-    def step():
-        with torch.autocast('cuda', dtype=torch.float16, enabled=amp):
-            out = model(x)
-            heads = out if isinstance(out, tuple) else (out, )
-            loss = sum(F.cross_entropy(h, target) for h in heads) / len(heads)
-        opt.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(opt)
-        scaler.update()
-    return step
 
 
 def profile(step, steps: int) -> dict:
@@ -104,7 +69,8 @@ def main() -> None:
     print(f'# {torch.cuda.get_device_name()} | torch {torch.__version__} | {args.mode}, batch '
           f"{args.batch}{', compiled' if args.compile else ''}", flush=True)
     for name in args.models:
-        ms = profile(make_step(name, args.mode, args.batch, args.compile), args.steps)
+        x = torch.randn(args.batch, 3, 224, 224, device='cuda')
+        ms = profile(make_step(build(name, args.compile)[1], args.mode, x), args.steps)
         total = sum(ms.values())
         print(f'\n{name}: {total:.2f} ms of device time per step')
         print('| kind | ms/step | share |\n|---|---|---|')

@@ -5,12 +5,7 @@
 # 0.25 (mmpretrain's Swin set), EMA 0.9999, drop path 0.2 (S 0.3, B 0.5), and
 # MESA self-distillation from the EMA model from 25% of training on (weight
 # 1.0; S 1.5, B 2.0). Upstream reports 83.5 top-1 for T.
-_base_ = [
-    'mmpretrain::_base_/datasets/imagenet_bs64_swin_224.py',
-    'mmpretrain::_base_/schedules/imagenet_bs1024_adamw_swin.py',
-    'mmpretrain::_base_/default_runtime.py',
-]
-custom_imports = dict(imports=['mmgroupmamba'], allow_failed_imports=False)
+_base_ = './_base_/in1k_recipe.py'
 
 model = dict(
     type='mmgroupmamba.MesaClassifier',
@@ -29,12 +24,3 @@ model = dict(
     init_cfg=dict(type='TruncNormal', layer='Linear', std=.02, bias=0.),
     train_cfg=dict(augments=[dict(type='Mixup', alpha=0.8), dict(type='CutMix', alpha=1.0)]),
 )
-
-train_dataloader = dict(batch_size=128)
-val_dataloader = dict(batch_size=128)
-test_dataloader = val_dataloader
-
-optim_wrapper = dict(clip_grad=dict(max_norm=5.0))
-custom_hooks = [dict(type='EMAHook', momentum=1e-4, priority='ABOVE_NORMAL')]
-# The lr above is for 8 GPUs x 128; `--auto-scale-lr` rescales it for other batches.
-auto_scale_lr = dict(base_batch_size=1024)

@@ -4,7 +4,7 @@ strict pretrained loading with a readable key report.
 
 Pure PyTorch (no OpenMMLab import).
 """
-from typing import Collection, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Callable, Collection, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -161,6 +161,24 @@ class StagedBackbone(nn.Module):
                 f'{name}.load_pretrained({source!r}): the checkpoint does not fit {describe}. '
                 f'Missing keys: {short_keys(missing)}; unexpected keys: {short_keys(unexpected)}')
         self.load_state_dict(sd, strict=False)
+
+
+def load_classifier_state(model: nn.Module, checkpoint: Union[str, Mapping],
+                          to_our_keys: Callable[[Mapping], Mapping[str, torch.Tensor]],
+                          strict: bool, describe: str) -> None:
+    """Load a classification checkpoint (path or loaded dict, mapped to our
+    keys by ``to_our_keys``) into ``model``; with ``strict`` any missing or
+    unexpected key raises a RuntimeError listing them."""
+    ckpt = load_checkpoint_file(checkpoint) if isinstance(checkpoint, str) else checkpoint
+    sd = to_our_keys(ckpt)
+    own = model.state_dict()
+    missing = [k for k in own if k not in sd]
+    unexpected = [k for k in sd if k not in own]
+    if strict and (missing or unexpected):
+        raise RuntimeError(f'{type(model).__name__}.load_checkpoint: the checkpoint does not fit '
+                           f'this model ({describe}). Missing keys: {short_keys(missing)}; '
+                           f'unexpected keys: {short_keys(unexpected)}')
+    model.load_state_dict(sd, strict=strict)
 
 
 def run_blocks(blocks: Iterable[nn.Module], x: torch.Tensor, with_cp: bool) -> torch.Tensor:

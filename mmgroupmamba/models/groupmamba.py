@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from ..ops import selective_scan_2d
 from .common import (DropPath, StagedBackbone, at_least_fp32, drop_path_rates,
-                     load_checkpoint_file, run_blocks, short_keys)
+                     load_checkpoint_file, load_classifier_state, run_blocks)
 
 __all__ = [
     'arch_settings', 'ConvStem', 'Downsample', 'GroupedLayerNorm', 'GroupedDirectionalSSM',
@@ -852,22 +852,13 @@ class GroupMambaClassifier(nn.Module):
 
     def load_checkpoint(self, checkpoint: Union[str, Mapping], strict: bool = True) -> None:
         """Load ours or an official checkpoint (path or loaded dict)."""
-        ckpt = load_checkpoint_file(checkpoint) if isinstance(checkpoint, str) else checkpoint
-        sd = _to_classifier_keys(ckpt)
-        own = self.state_dict()
-        missing = [k for k in own if k not in sd]
-        unexpected = [k for k in sd if k not in own]
-        if strict and (missing or unexpected):
-            raise RuntimeError(f'GroupMambaClassifier.load_checkpoint: the checkpoint does not fit '
-                               f'this model (arch={self.backbone.arch}, num_classes/distillation '
-                               f'of the head). Missing keys: {short_keys(missing)}; unexpected keys: '
-                               f'{short_keys(unexpected)}')
-        self.load_state_dict(sd, strict=strict)
+        load_classifier_state(self, checkpoint, _to_classifier_keys, strict,
+                              f'arch={self.backbone.arch}, num_classes/distillation of the head')
 
 
 def create_groupmamba(name: str, num_classes: int = 1000, distillation: bool = True,
-                 pretrained: Optional[Union[str, Mapping]] = None, **kwargs
-                 ) -> GroupMambaClassifier:
+                      pretrained: Optional[Union[str, Mapping]] = None, **kwargs
+                      ) -> GroupMambaClassifier:
     """Build the classification network ``groupmamba_{tiny,small,base}``.
 
     Args:

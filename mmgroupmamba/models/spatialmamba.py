@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from ..ops import selective_scan_2d
 from .common import (DropPath, StagedBackbone, at_least_fp32, drop_path_rates,
-                     load_checkpoint_file, run_blocks, short_keys)
+                     load_checkpoint_file, load_classifier_state, run_blocks)
 
 __all__ = [
     'arch_settings', 'ConvNormAct', 'SpatialMambaStem', 'SpatialMambaDownsample', 'StateFusion',
@@ -523,17 +523,8 @@ class SpatialMambaClassifier(nn.Module):
 
     def load_checkpoint(self, checkpoint: Union[str, Mapping], strict: bool = True) -> None:
         """Load ours or an upstream classification checkpoint."""
-        ckpt = load_checkpoint_file(checkpoint) if isinstance(checkpoint, str) else checkpoint
-        sd = _to_our_keys(ckpt)
-        own = self.state_dict()
-        missing = [k for k in own if k not in sd]
-        unexpected = [k for k in sd if k not in own]
-        if strict and (missing or unexpected):
-            raise RuntimeError(f'SpatialMambaClassifier.load_checkpoint: the checkpoint does not '
-                               f'fit this model (arch={self.backbone.arch}, num_classes). Missing '
-                               f'keys: {short_keys(missing)}; unexpected keys: '
-                               f'{short_keys(unexpected)}')
-        self.load_state_dict(sd, strict=strict)
+        load_classifier_state(self, checkpoint, _to_our_keys, strict,
+                              f'arch={self.backbone.arch}, num_classes of the head')
 
 
 def create_spatialmamba(name: str, num_classes: int = 1000,

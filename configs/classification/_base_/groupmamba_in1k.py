@@ -4,12 +4,7 @@
 # smoothing 0.1, RandAugment m9-mstd0.5 / mixup 0.8 / cutmix 1.0 / random
 # erasing 0.25 (mmpretrain's Swin set), EMA 0.9999, drop path 0.05, and hard
 # distillation from a RegNetY-16GF teacher (alpha 0.5).
-_base_ = [
-    'mmpretrain::_base_/datasets/imagenet_bs64_swin_224.py',
-    'mmpretrain::_base_/schedules/imagenet_bs1024_adamw_swin.py',
-    'mmpretrain::_base_/default_runtime.py',
-]
-custom_imports = dict(imports=['mmgroupmamba'], allow_failed_imports=False)
+_base_ = './in1k_recipe.py'
 
 arch = 'tiny'
 out_dim = 448  # stage-4 width of the arch
@@ -33,12 +28,3 @@ model = dict(
         checkpoint_prefix='model.'),
     train_cfg=dict(augments=[dict(type='Mixup', alpha=0.8), dict(type='CutMix', alpha=1.0)]),
 )
-
-train_dataloader = dict(batch_size=128)
-val_dataloader = dict(batch_size=128)
-test_dataloader = val_dataloader
-
-optim_wrapper = dict(clip_grad=dict(max_norm=5.0))
-custom_hooks = [dict(type='EMAHook', momentum=1e-4, priority='ABOVE_NORMAL')]
-# The lr above is for 8 GPUs x 128; `--auto-scale-lr` rescales it for other batches.
-auto_scale_lr = dict(base_batch_size=1024)
