@@ -60,12 +60,18 @@ def copy_bandwidth() -> float:
 
 
 def make(batch: int, per: int, height: int, width: int, dtype: torch.dtype,
-         groups: int = 4) -> Dict:
+         groups: int = 4, channels_last: bool = False) -> Dict:
+    """Scan inputs; ``channels_last``: the maps are permuted views of
+    (batch, H, W, dim) and (batch, H, W, G, N) buffers, as GroupMamba's layer
+    passes them."""
     n_state = 1
     dim = groups * per
     g = torch.Generator(device='cuda').manual_seed(0)
 
     def rnd(*shape, scale=1.0):
+        if channels_last:  # allocate (b, H, W, ...) and view it as (b, ..., H, W)
+            buf = torch.randn(shape[0], *shape[-2:], *shape[1:-2], device='cuda', generator=g)
+            return (buf * scale).to(dtype).permute(0, *range(3, len(shape)), 1, 2)
         return (torch.randn(*shape, device='cuda', generator=g) * scale).to(dtype)
     return dict(u=rnd(batch, dim, height, width), delta=rnd(batch, dim, height, width, scale=0.5),
                 A=-(torch.rand(dim, n_state, device='cuda', generator=g) + 0.2),
@@ -152,6 +158,10 @@ def main() -> None:
     parser.add_argument('--configs', default=None,
                         help="tile configs to sweep, 'BD,BT,warps;...' (default: the heuristic)")
     parser.add_argument('--fp32-only', action='store_true')
+    parser.add_argument('--channels-last', action='store_true',
+                        help='channels-last maps (permuted views), the GroupMamba layer\'s layout')
+    parser.add_argument('--check', action='store_true',
+                        help='also report the forward\'s relative error against the reference')
     parser.add_argument('--cases', default=None, help='comma-separated case indices (default: all)')
     parser.add_argument('--compile-max-chunks', type=int, default=8,
                         help='skip torch.compile of the reference above this many chunks '
@@ -182,7 +192,7 @@ def main() -> None:
         triton_scan.CONFIG_OVERRIDE.clear()
         triton_scan.CONFIG_OVERRIDE.update(override or {})
         if True:
-            t = make(batch, per, height, width, dtype, groups)
+            t = make(batch, per, height, width, dtype, groups, args.channels_last)
             dim, length = groups * per, height * width
             dirs = DIRS[:groups]
             C, D = (None, None) if states else (t['C'], t['D'])
@@ -206,6 +216,12 @@ def main() -> None:
             bf, bb = bytes_moved(batch, dim, length, s, groups, states=states)
             if states:
                 row['fusion_path'] = fusion_path_times(t, height, width)
+            if args.check and not states:
+                with torch.no_grad():
+                    want = selective_scan_2d_ref(t['u'], t['delta'], t['A'], t['B'], t['C'], DIRS,
+                                                 D=t['D'], delta_bias=t['delta_bias'],
+                                                 delta_softplus=True).float()
+                row['fwd_rel_err'] = ((y.float() - want).norm() / want.norm()).item()
             row['fwd_GBps'] = bf / (row['fwd_us'] * 1e-6) / 1e9
             row['bwd_GBps'] = bb / (row['bwd_us'] * 1e-6) / 1e9
             row['fwd_frac'] = row['fwd_GBps'] * 1e9 / bw
