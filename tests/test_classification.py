@@ -251,6 +251,31 @@ def test_demo_config_trains_and_evaluates_end_to_end(tmp_path):
         assert 'accuracy/top1' in out.stdout + out.stderr
 
 
+@pytest.mark.parametrize('config', [DEMO_DISTILL, SM_DEMO], ids=['teacher', 'mesa'])
+def test_two_process_ddp_training_on_cpu(config, tmp_path):
+    """tools/dist_train.sh with 2 processes (torchrun, DDP; gloo on CPU): the
+    teacher / the MESA EMA copy stay outside DDP, the sampler splits the
+    data (32 images, 16 per process and step), and rank 0 checkpoints."""
+    env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ['PATH'],
+               PORT=str(29500 + os.getpid() % 1000))
+    opts = ['train_cfg.max_epochs=2', 'train_cfg.val_interval=2',
+            'default_hooks.checkpoint.interval=2', 'default_hooks.logger.interval=1',
+            'train_dataloader.dataset.indices=32', 'val_dataloader.dataset.indices=8']
+    if config == SM_DEMO:
+        opts.append('model.mesa_start=0.0')
+    out = _run(['bash', 'tools/dist_train.sh', config, '2', '--work-dir', str(tmp_path),
+                '--cfg-options'] + opts, env=env)
+    log = out.stdout + out.stderr
+    assert out.returncode == 0, log[-3000:]
+    # mmengine prints the world size as "GPU number" whatever the device
+    assert 'Distributed training: True' in log and 'GPU number: 2' in log
+    steps = [line for line in log.splitlines() if 'Epoch(train)' in line]
+    assert len(steps) == 2 and all('[1/1]' in line for line in steps), steps
+    if config == SM_DEMO:
+        assert all('loss_mesa' in line for line in steps)
+    assert (tmp_path / 'epoch_2.pth').exists()
+
+
 def test_mim_train_mmpretrain_demo(tmp_path):
     mim = shutil.which('mim', path=os.path.dirname(sys.executable))
     assert mim, 'openmim is part of the test environment'

@@ -27,8 +27,28 @@ def load_config(args: argparse.Namespace) -> Config:
     if args.cfg_options is not None:
         cfg.merge_from_dict(args.cfg_options)
     cfg.launcher = args.launcher
+    if args.launcher == 'pytorch':
+        setup_cpu_distributed(cfg)
     if args.work_dir is not None:
         cfg.work_dir = args.work_dir
     elif cfg.get('work_dir') is None:
         cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
     return cfg
+
+
+def setup_cpu_distributed(cfg: Config) -> None:
+    """Without CUDA, let ``--launcher pytorch`` (torchrun, tools/dist_*.sh) run
+    on CPU processes: mmengine's launcher calls ``torch.cuda.set_device`` and
+    wraps the model with ``device_ids=[local_rank]``, both GPU-only. Here the
+    process group is created with gloo first (mmengine then skips its own
+    init) and DDP gets ``device_ids=None``. With CUDA nothing changes.
+    For debugging and CI of the multi-process path; not a way to train fast."""
+    import torch
+    import torch.distributed as dist
+    if torch.cuda.is_available() or dist.is_initialized():
+        return
+    dist.init_process_group(backend='gloo')
+    if cfg.get('model_wrapper_cfg') is None:
+        cfg.model_wrapper_cfg = dict(
+            type='MMDistributedDataParallel', device_ids=None, broadcast_buffers=False,
+            find_unused_parameters=cfg.get('find_unused_parameters', False))
