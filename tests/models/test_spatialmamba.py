@@ -427,3 +427,47 @@ def test_registered_for_mmpretrain_mmdet_mmseg():
     model = MMDET_MODELS.build(dict(type='mmgroupmamba.SpatialMamba', arch=SMALL_ARCH,
                                     out_indices=(0, 2)))
     assert isinstance(model, SpatialMamba) and model.out_indices == (0, 2)
+
+
+# Upstream key names and shapes, as read from the official code
+# (classification/models/{spatialmamba,utils}.py; research notes section 3.10).
+UPSTREAM_TINY = {
+    'patch_embed.conv1.conv.weight': (32, 3, 3, 3),
+    'patch_embed.conv1.norm.running_var': (32, ),
+    'patch_embed.conv2.1.conv.weight': (32, 32, 3, 3),
+    'patch_embed.conv3.0.conv.weight': (256, 32, 3, 3),
+    'patch_embed.conv3.1.conv.weight': (64, 256, 1, 1),
+    'layers.0.downsample.conv.0.conv.weight': (512, 64, 1, 1),
+    'layers.0.downsample.conv.0.conv.bias': (512, ),
+    'layers.0.downsample.conv.1.conv.weight': (512, 1, 3, 3),
+    'layers.0.downsample.conv.2.conv.weight': (128, 512, 1, 1),
+    'layers.0.downsample.conv.2.norm.weight': (128, ),
+    'layers.0.blocks.0.cpe1.weight': (64, 1, 3, 3),
+    'layers.0.blocks.0.self_attention.x_proj_weight': (6, 128),
+    'layers.0.blocks.0.self_attention.dt_projs_weight': (128, 4),
+    'layers.0.blocks.0.self_attention.dt_projs_bias': (128, ),
+    'layers.0.blocks.0.self_attention.A_logs': (128, 1),
+    'layers.0.blocks.0.self_attention.Ds': (128, ),
+    'layers.0.blocks.0.self_attention.in_proj.weight': (256, 64),
+    'layers.0.blocks.0.self_attention.conv2d.weight': (128, 1, 3, 3),
+    'layers.0.blocks.0.self_attention.state_fusion.kernel_3_2': (128, 1, 3, 3),
+    'layers.0.blocks.0.self_attention.state_fusion.alpha': (3, ),
+    'layers.0.blocks.0.self_attention.out_norm.weight': (128, ),
+    'layers.0.blocks.0.self_attention.out_proj.weight': (64, 128),
+    'layers.0.blocks.0.mlp.fc1.weight': (256, 64),
+    'layers.3.blocks.3.self_attention.x_proj_weight': (34, 1024),
+    'outnorm3.weight': (512, ),
+}
+
+
+def test_upstream_key_names_and_shapes():
+    with torch.device('meta'):
+        sd = SpatialMamba('tiny').state_dict()
+        base = SpatialMamba('base').state_dict()
+    for key, shape in UPSTREAM_TINY.items():
+        assert key in sd, key
+        assert tuple(sd[key].shape) == shape, key
+    assert not any(k.startswith('layers.3.downsample') for k in sd)
+    assert not any(k.endswith('_merge_weight') for k in sd)
+    # B: dt_rank ceil(96 / 16) = 6 -> x_proj rows 6 + 2
+    assert tuple(base['layers.0.blocks.0.self_attention.x_proj_weight'].shape) == (8, 192)
