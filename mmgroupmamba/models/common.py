@@ -115,6 +115,48 @@ class StagedBackbone(nn.Module):
                     m.eval()
         return self
 
+    # -- init / pretrained weights, the subclass hooks ---------------------
+    #: key prefixes of the backbone's own state (others, e.g. heads, are dropped)
+    STATE_PREFIXES: Tuple[str, ...] = ()
+
+    def _random_init(self) -> None:
+        """The official random initialisation."""
+        raise NotImplementedError
+
+    def _checkpoint_to_our_keys(self, ckpt: Mapping) -> Mapping[str, torch.Tensor]:
+        """Unwrap a loaded checkpoint and map foreign (official) keys to ours."""
+        raise NotImplementedError
+
+    def _optional_keys(self) -> List[str]:
+        """Own keys a checkpoint may lack (new output norms); checkpoint keys
+        in this list are dropped when this backbone lacks them."""
+        return []
+
+    def init_weights(self) -> None:
+        """Official random init, or load ``init_cfg``'s checkpoint
+        (``type='Pretrained'``). mmengine calls this on children that have it."""
+        cfg = self._pretrained_cfg()
+        if cfg is None:
+            self._random_init()
+        else:
+            self.load_pretrained(cfg['checkpoint'], prefix=cfg.get('prefix'))
+
+    def load_pretrained(self, checkpoint: Union[str, Mapping], prefix: Optional[str] = None
+                        ) -> None:
+        """Load a checkpoint (path or loaded dict): ours (a backbone state
+        dict, or a model one whose backbone keys start with ``prefix``,
+        default ``'backbone.'``) or an official one (auto-converted).
+
+        Raises:
+            RuntimeError: missing or unexpected keys (other than
+                :meth:`_optional_keys`), or shape mismatches.
+        """
+        ckpt = load_checkpoint_file(checkpoint) if isinstance(checkpoint, str) else checkpoint
+        self._load_backbone_state(
+            self._checkpoint_to_our_keys(ckpt),
+            checkpoint if isinstance(checkpoint, str) else 'state dict', prefix,
+            self.STATE_PREFIXES, self._optional_keys(), f'arch={getattr(self, "arch", None)}')
+
     def _pretrained_cfg(self) -> Optional[Mapping]:
         """``init_cfg`` if it asks for a checkpoint, None for a random init;
         raises on anything else."""

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from ..ops import selective_scan_2d
 from .common import (DropPath, StagedBackbone, at_least_fp32, drop_path_rates,
-                     load_checkpoint_file, load_classifier_state, run_blocks)
+                     load_classifier_state, run_blocks)
 
 __all__ = [
     'arch_settings', 'ConvStem', 'Downsample', 'GroupedLayerNorm', 'GroupedDirectionalSSM',
@@ -718,30 +718,17 @@ class GroupMamba(StagedBackbone):
         so classification checkpoints cannot provide them."""
         return [f'stages.{self.num_stages - 1}.norm.{n}' for n in _WB]
 
-    def init_weights(self) -> None:
-        """Official random init, or load ``init_cfg``'s checkpoint
-        (``type='Pretrained'``). mmengine calls this on children that have it."""
-        cfg = self._pretrained_cfg()
-        if cfg is None:
-            official_init_(self)
-        else:
-            self.load_pretrained(cfg['checkpoint'], prefix=cfg.get('prefix'))
+    STATE_PREFIXES = ('stem.', 'stages.')
 
-    def load_pretrained(self, checkpoint: Union[str, Mapping], prefix: Optional[str] = None
-                        ) -> None:
-        """Load a checkpoint (path or loaded dict): ours (a backbone state
-        dict, or a model one whose backbone keys start with ``prefix``,
-        default ``'backbone.'``) or an official one (auto-converted).
+    def _random_init(self) -> None:
+        official_init_(self)
 
-        Raises:
-            RuntimeError: unexpected keys, or missing keys other than the
-                dense-only output norm; or shape mismatches.
-        """
-        ckpt = load_checkpoint_file(checkpoint) if isinstance(checkpoint, str) else checkpoint
-        # A dense checkpoint's last-stage output norm is optional both ways.
-        self._load_backbone_state(_to_classifier_keys(ckpt), checkpoint if isinstance(
-            checkpoint, str) else 'state dict', prefix, ('stem.', 'stages.'),
-            self._last_norm_keys(), f'arch={self.arch}')
+    def _checkpoint_to_our_keys(self, ckpt: Mapping) -> Mapping[str, torch.Tensor]:
+        return _to_classifier_keys(ckpt)
+
+    def _optional_keys(self) -> List[str]:
+        # a dense checkpoint's last-stage output norm is optional both ways
+        return self._last_norm_keys()
 
 
 # ----------------------------------------------------------------------------

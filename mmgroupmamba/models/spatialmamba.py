@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from ..ops import selective_scan_2d
 from .common import (DropPath, StagedBackbone, at_least_fp32, drop_path_rates,
-                     load_checkpoint_file, load_classifier_state, run_blocks)
+                     load_classifier_state, run_blocks)
 
 __all__ = [
     'arch_settings', 'ConvNormAct', 'SpatialMambaStem', 'SpatialMambaDownsample', 'StateFusion',
@@ -470,29 +470,17 @@ class SpatialMamba(StagedBackbone):
         stem = [self.patch_embed] if self.frozen_stages >= 0 else []
         return stem + list(self.layers[:max(self.frozen_stages, 0)])
 
-    def _outnorm_keys(self) -> List[str]:
+    STATE_PREFIXES = ('patch_embed.', 'layers.', 'outnorm')
+
+    def _random_init(self) -> None:
+        official_init_(self)
+
+    def _checkpoint_to_our_keys(self, ckpt: Mapping) -> Mapping[str, torch.Tensor]:
+        return _to_our_keys(ckpt)
+
+    def _optional_keys(self) -> List[str]:
+        # output norms: new in a dense backbone (outnorm0-2), absent elsewhere
         return [f'outnorm{i}.{n}' for i in range(self.num_stages) for n in ('weight', 'bias')]
-
-    def init_weights(self) -> None:
-        """Upstream's random init, or ``init_cfg``'s checkpoint."""
-        cfg = self._pretrained_cfg()
-        if cfg is None:
-            official_init_(self)
-        else:
-            self.load_pretrained(cfg['checkpoint'], prefix=cfg.get('prefix'))
-
-    def load_pretrained(self, checkpoint: Union[str, Mapping], prefix: Optional[str] = None
-                        ) -> None:
-        """Load ours or an upstream checkpoint (path or loaded dict).
-
-        Raises:
-            RuntimeError: missing or unexpected keys (other than output norms).
-        """
-        ckpt = load_checkpoint_file(checkpoint) if isinstance(checkpoint, str) else checkpoint
-        self._load_backbone_state(
-            _to_our_keys(ckpt), checkpoint if isinstance(checkpoint, str) else 'state dict',
-            prefix, ('patch_embed.', 'layers.', 'outnorm'), self._outnorm_keys(),
-            f'arch={self.arch}')
 
 
 class SpatialMambaClassifier(nn.Module):
