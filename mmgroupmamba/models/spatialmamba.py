@@ -185,6 +185,12 @@ class StateFusion(nn.Module):
                              f'{tuple(shape)}')
         if shape[1] != self.dim:
             raise ValueError(f'h: expected {self.dim} channels (dim), got {shape[1]}')
+        device = h.device.type
+        if torch.is_autocast_enabled(device):
+            # Cast the (fp32) states once: autocast would cast each conv's
+            # window of the padded buffer on its own, three copies kept for
+            # the backward. Same values either way.
+            h = h.to(torch.get_autocast_dtype(device))
         pad = max(FUSION_DILATIONS)
         hp = F.pad(h, (pad, pad, pad, pad), mode='replicate')
         height, width = h.shape[-2:]
@@ -192,8 +198,12 @@ class StateFusion(nn.Module):
         for alpha, kernel, dil in zip(self.alpha, self.kernels(), FUSION_DILATIONS):
             off = pad - dil  # this dilation's own replicate padding inside the buffer
             window = hp[:, :, off:off + height + 2 * dil, off:off + width + 2 * dil]
-            weight = kernel.repeat_interleave(n_state, dim=0) if n_state > 1 else kernel
-            term = alpha * F.conv2d(window, weight, dilation=dil, groups=h.shape[1])
+            # alpha goes into the (tiny) kernel, not onto the map: no map-sized
+            # product to keep for the backward
+            weight = alpha * kernel
+            if n_state > 1:
+                weight = weight.repeat_interleave(n_state, dim=0)
+            term = F.conv2d(window, weight, dilation=dil, groups=h.shape[1])
             out = term if out is None else out + term
         return out.reshape(shape)
 

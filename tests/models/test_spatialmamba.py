@@ -471,3 +471,34 @@ def test_upstream_key_names_and_shapes():
     assert not any(k.endswith('_merge_weight') for k in sd)
     # B: dt_rank ceil(96 / 16) = 6 -> x_proj rows 6 + 2
     assert tuple(base['layers.0.blocks.0.self_attention.x_proj_weight'].shape) == (8, 192)
+
+
+def test_state_fusion_keeps_only_the_states_and_one_padded_buffer_for_backward():
+    """Memory: the backward needs the states and their padded copy (the
+    three dilated windows are views of it); alpha sits in the kernels, so no
+    map-sized product is kept. Under autocast the states are cast once (the
+    windows are not each cast and kept), and the result is the same as
+    casting each window."""
+    fusion = StateFusion(8)
+    with torch.no_grad():
+        for p in fusion.parameters():
+            p.copy_(torch.randn_like(p))
+    h = torch.randn(2, 8, 1, 12, 10, requires_grad=True)
+    storages = {}
+
+    def pack(t):
+        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fusion(h)
+    padded = 2 * 8 * (12 + 10) * (10 + 10) * 4
+    map_bytes = sorted(n for n in storages.values() if n > 8 * 9 * 4)  # ignore the kernels
+    assert map_bytes == sorted([h.numel() * 4, padded]), map_bytes
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        got = fusion(h)
+        hp = F.pad(h.reshape(2, 8, 12, 10), (5, ) * 4, mode='replicate')
+        want = sum(a * F.conv2d(hp[:, :, 5 - d:17 + d, 5 - d:15 + d], k, dilation=d, groups=8)
+                   for a, k, d in zip(fusion.alpha, fusion.kernels(), (1, 3, 5)))
+    assert got.dtype == torch.bfloat16
+    got, want = got.reshape(want.shape).float(), want.float()
+    assert ((got - want).norm() / want.norm()).item() < 1e-2  # bf16 rounding only
