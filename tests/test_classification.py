@@ -274,6 +274,13 @@ def test_two_process_ddp_training_on_cpu(config, tmp_path):
     if config == SM_DEMO:
         assert all('loss_mesa' in line for line in steps)
     assert (tmp_path / 'epoch_2.pth').exists()
+    # tools/dist_test.sh: the same launcher, 2 processes evaluating the checkpoint
+    out = _run(['bash', 'tools/dist_test.sh', config, str(tmp_path / 'epoch_2.pth'), '2',
+                '--work-dir', str(tmp_path / 'test'), '--cfg-options',
+                'test_dataloader.dataset.indices=8'], env=env)
+    log = out.stdout + out.stderr
+    assert out.returncode == 0, log[-3000:]
+    assert 'GPU number: 2' in log and 'accuracy/top1' in log
 
 
 def test_mim_train_mmpretrain_demo(tmp_path):

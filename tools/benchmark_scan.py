@@ -91,7 +91,7 @@ def bytes_moved(batch, dim, length, s, groups=4, n_state=1, states=False):
     return fwd, bwd
 
 
-def fusion_path_times(t: Dict, height: int, width: int) -> Dict[str, float]:
+def fusion_path_times(t: Dict) -> Dict[str, float]:
     """Spatial-Mamba's SSM core as the model runs it: states (Triton) ->
     StateFusion -> C h~ + D u; forward, and backward of all of it (us)."""
     from mmgroupmamba.models.spatialmamba import StateFusion
@@ -215,7 +215,7 @@ def main() -> None:
             s = 4 if dtype == torch.float32 else 2
             bf, bb = bytes_moved(batch, dim, length, s, groups, states=states)
             if states:
-                row['fusion_path'] = fusion_path_times(t, height, width)
+                row['fusion_path'] = fusion_path_times(t)
             if args.check and not states:
                 with torch.no_grad():
                     want = selective_scan_2d_ref(t['u'], t['delta'], t['A'], t['B'], t['C'], DIRS,

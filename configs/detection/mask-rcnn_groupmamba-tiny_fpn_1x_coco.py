@@ -11,29 +11,8 @@
 # epoch 9 starts and when epoch 12 starts (1-based). No released config
 # matches a literal "9 and 11", so we keep Swin's [8, 11] (inherited) to stay
 # comparable with Swin / VMamba / Spatial-Mamba 1x numbers.
-#
-# drop_path_rate 0.2 (T), 0.3 (S), 0.5 (B): the paper gives none for dense
-# tasks; these are the values VMamba and Spatial-Mamba use for their T/S/B
-# Mask R-CNN backbones (and Swin-T's 0.2).
-_base_ = 'mmdet::swin/mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py'
-custom_imports = dict(imports=['mmgroupmamba'], allow_failed_imports=False)
-
-# ImageNet-1k checkpoint: an official GroupMamba release file (e.g.
-# groupmamba_tiny_ema.pth, converted on the fly) or one of our mmpretrain
-# checkpoints (keys `backbone.*`, found automatically; EMA weights when the
-# run used EMAHook). Any path works: `--cfg-options
-# model.backbone.init_cfg.checkpoint=...`.
-pretrained = 'checkpoints/groupmamba_tiny_ema.pth'
-
-model = dict(
-    backbone=dict(
-        _delete_=True,
-        type='mmgroupmamba.GroupMamba',
-        arch='tiny',
-        out_indices=(0, 1, 2, 3),
-        drop_path_rate=0.2,
-        frozen_stages=-1,
-        norm_eval=False,
-        with_cp=False,
-        init_cfg=dict(type='Pretrained', checkpoint=pretrained)),
-    neck=dict(in_channels=[64, 128, 348, 448]))
+_base_ = [
+    'mmdet::swin/mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py',
+    '../_base_/backbones/groupmamba-tiny_dense.py',
+]
+model = dict(backbone={{_base_.dense_backbone}}, neck=dict(in_channels={{_base_.dense_channels}}))

@@ -12,25 +12,11 @@
 # `tta_pipeline`, ratios 0.5-1.75 x flip, and `tta_model=SegTTAModel`):
 #   python tools/test.py <this config> <checkpoint> --tta
 #
-# drop_path_rate 0.2 (T), 0.3 (S), 0.5 (B), as VMamba / Spatial-Mamba UperNet
-# (the paper gives none for dense tasks).
-_base_ = 'mmseg::swin/swin-tiny-patch4-window7-in1k-pre_upernet_8xb2-160k_ade20k-512x512.py'
-custom_imports = dict(imports=['mmgroupmamba'], allow_failed_imports=False)
-
-# ImageNet-1k checkpoint: official GroupMamba release file or one of our
-# mmpretrain checkpoints (see configs/detection/mask-rcnn_groupmamba-tiny_fpn_1x_coco.py).
-pretrained = 'checkpoints/groupmamba_tiny_ema.pth'
-
+_base_ = [
+    'mmseg::swin/swin-tiny-patch4-window7-in1k-pre_upernet_8xb2-160k_ade20k-512x512.py',
+    '../_base_/backbones/groupmamba-tiny_dense.py',
+]
 model = dict(
-    backbone=dict(
-        _delete_=True,
-        type='mmgroupmamba.GroupMamba',
-        arch='tiny',
-        out_indices=(0, 1, 2, 3),
-        drop_path_rate=0.2,
-        frozen_stages=-1,
-        norm_eval=False,
-        with_cp=False,
-        init_cfg=dict(type='Pretrained', checkpoint=pretrained)),
-    decode_head=dict(in_channels=[64, 128, 348, 448], num_classes=150),
+    backbone={{_base_.dense_backbone}},
+    decode_head=dict(in_channels={{_base_.dense_channels}}, num_classes=150),
     auxiliary_head=dict(in_channels=348, num_classes=150))

@@ -8,22 +8,13 @@
 # Multi-scale + flip test as upstream's `--tta`: ratios 0.75 / 1.0 / 1.25 of
 # (2048, 512) x flip (not mmseg's usual 0.5-1.75):
 #   python tools/test.py <this config> <checkpoint> --tta
-_base_ = 'mmseg::swin/swin-tiny-patch4-window7-in1k-pre_upernet_8xb2-160k_ade20k-512x512.py'
-custom_imports = dict(imports=['mmgroupmamba'], allow_failed_imports=False)
-
-pretrained = 'checkpoints/spatialmamba_tiny.pth'
+_base_ = [
+    'mmseg::swin/swin-tiny-patch4-window7-in1k-pre_upernet_8xb2-160k_ade20k-512x512.py',
+    '../_base_/backbones/spatialmamba-tiny_dense.py',
+]
 model = dict(
-    backbone=dict(
-        _delete_=True,
-        type='mmgroupmamba.SpatialMamba',
-        arch='tiny',
-        out_indices=(0, 1, 2, 3),
-        drop_path_rate=0.2,
-        frozen_stages=-1,
-        norm_eval=False,
-        with_cp=False,
-        init_cfg=dict(type='Pretrained', checkpoint=pretrained)),
-    decode_head=dict(in_channels=[64, 128, 256, 512], num_classes=150),
+    backbone={{_base_.dense_backbone}},
+    decode_head=dict(in_channels={{_base_.dense_channels}}, num_classes=150),
     auxiliary_head=dict(in_channels=256, num_classes=150))
 
 img_ratios = [0.75, 1.0, 1.25]
