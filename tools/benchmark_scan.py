@@ -17,6 +17,9 @@ Bytes (``anchors-kernels.md`` section 4.6, each tensor read/written once):
 states mode (fp32 states out, no C): fwd = batch * L * (dim * (2 s + 4 N) + G N s),
 bwd = batch * L * (dim * (4 s + 4 N) + G N (s + 4)).
 
+Our times are device times replayed from a CUDA graph (the "with launch" column adds the
+Python/Triton launch overhead of an eager call).
+
 Usage: python tools/benchmark_scan.py [--out results.md] [--no-reference] [--cases 0,6]
 """
 import argparse
@@ -29,7 +32,7 @@ from typing import Callable, Dict, List, Optional
 import torch
 import torch._functorch.config
 import triton
-from triton.testing import do_bench
+from triton.testing import do_bench, do_bench_cudagraph
 
 sys.path.insert(0, __file__.rsplit('/tools/', 1)[0] if '/tools/' in __file__ else '.')
 from mmgroupmamba.ops import triton_scan  # noqa: E402
@@ -121,6 +124,13 @@ def bench(fn: Callable[[], object]) -> float:
     return do_bench(fn, warmup=25, rep=200, return_mode='median') * 1e3  # us
 
 
+def bench_device(fn: Callable[[], object]) -> float:
+    """Device time of our kernels (us): replayed from a CUDA graph, so the
+    Python/Triton launch overhead (tens of us per call) is not counted, as
+    it is not for a CUDA extension's kernel timed alone."""
+    return do_bench_cudagraph(fn, rep=200, return_mode='median') * 1e3
+
+
 def ref_times(t: Dict, compiled: bool) -> Dict[str, Optional[float]]:
     """Reference forward and forward+backward-only times (us), or None."""
     f = selective_scan_2d_ref
@@ -156,7 +166,8 @@ def main() -> None:
     parser.add_argument('--warm-parallel', action='store_true',
                         help='first compile every case in parallel subprocesses')
     parser.add_argument('--configs', default=None,
-                        help="tile configs to sweep, 'BD,BT,warps;...' (default: the heuristic)")
+                        help="tile configs to sweep, 'BD,R,NJ,warps[,bwd warps[,CPS]];...' "
+                             '(default: the heuristic)')
     parser.add_argument('--fp32-only', action='store_true')
     parser.add_argument('--channels-last', action='store_true',
                         help='channels-last maps (permuted views), the GroupMamba layer\'s layout')
@@ -170,7 +181,8 @@ def main() -> None:
 
     cases = CASES if args.cases is None else [CASES[int(i)] for i in args.cases.split(',')]
     configs = [None] if args.configs is None else [
-        dict(zip(('BD', 'BT', 'num_warps'), map(int, c.split(',')))) for c in args.configs.split(';')]
+        dict(zip(('BD', 'R', 'NJ', 'num_warps', 'num_warps_bwd', 'CPS'),
+                 map(int, c.split(',')))) for c in args.configs.split(';')]
     jobs = [(c, dt, cfg) for c in cases
             for dt in ((torch.float32,) if args.fp32_only else (torch.float32, torch.bfloat16))
             for cfg in configs]
@@ -209,9 +221,12 @@ def main() -> None:
             if args.warm_only:
                 return
             row = dict(case=name, dtype=str(dtype).replace('torch.', ''), batch=batch, dim=dim,
-                       L=length, cfg={k: cfg[k] for k in ('BD', 'BT', 'NCH', 'NSEG', 'num_warps')},
-                       fwd_us=bench(fwd), bwd_us=bench(bwd), official_fwd_us=off_f,
-                       official_bwd_us=off_b)
+                       L=length,
+                       cfg={k: cfg[k] for k in ('BD', 'R', 'NJ', 'NCH', 'NSEG', 'num_warps',
+                                              'num_warps_bwd')},
+                       fwd_us=bench_device(fwd), bwd_us=bench_device(bwd),
+                       fwd_us_with_launch=bench(fwd), bwd_us_with_launch=bench(bwd),
+                       official_fwd_us=off_f, official_bwd_us=off_b)
             s = 4 if dtype == torch.float32 else 2
             bf, bb = bytes_moved(batch, dim, length, s, groups, states=states)
             if states:
@@ -252,18 +267,21 @@ def main() -> None:
             return f"{v['fwd']:.0f} / {v['bwd']:.0f}"
         return '–' if v is None else str(v)
     lines = [head, '',
-             '| case | dtype | cfg (BD, BT, segs, warps) | fwd µs | bwd µs | fwd floor / bwd floor µs '
+             '| case | dtype | cfg (BD, R, NJ, segs, warps fwd/bwd) | fwd µs | bwd µs '
+             '| fwd / bwd µs with launch | fwd floor / bwd floor µs '
              '| fwd GB/s (frac) | bwd GB/s (frac) | official 1 group fwd / bwd µs '
              '| reference fwd / bwd µs | compiled reference fwd / bwd µs '
              '| fusion path fwd / bwd µs |',
-             '|---|---|---|---|---|---|---|---|---|---|---|---|']
+             '|---|---|---|---|---|---|---|---|---|---|---|---|---|']
     for r in rows:
         c = r['cfg']
         off = ('–' if r['official_fwd_us'] is None
                else f"{r['official_fwd_us']} / {r['official_bwd_us']}")
         lines.append(
-            f"| {r['case']} | {r['dtype']} | {c['BD']}, {c['BT']}, {c['NSEG']}, {c['num_warps']} "
+            f"| {r['case']} | {r['dtype']} "
+            f"| {c['BD']}, {c['R']}, {c['NJ']}, {c['NSEG']}, {c['num_warps']}/{c['num_warps_bwd']} "
             f"| {r['fwd_us']:.1f} | {r['bwd_us']:.1f} "
+            f"| {r['fwd_us_with_launch']:.0f} / {r['bwd_us_with_launch']:.0f} "
             f"| {r['fwd_floor_us']:.0f} / {r['bwd_floor_us']:.0f} "
             f"| {r['fwd_GBps']:.0f} ({r['fwd_frac']:.0%}) | {r['bwd_GBps']:.0f} ({r['bwd_frac']:.0%}) "
             f"| {off} | {fmt(r.get('ref'))} | {fmt(r.get('compiled_ref'))} "

@@ -1,48 +1,56 @@
 """Triton kernels of the directional selective scan (forward and backward).
 
-Design
-------
+Design: line-aligned runs, the step axis inside a thread
+-------------------------------------------------------
 One launch serves every channel group and direction. A program owns
-``(batch b, group g, channel tile of BD channels, segment of chunks)`` and
-walks its chunks in scan order, carrying the state ``h`` ([BD, N], fp32) in
-registers. Within a chunk of BT steps the recurrence ``h_t = a_t h_{t-1} + b_t``
-runs as a ``tl.associative_scan`` over the pair (a, b) along the step axis of a
-[BD, N, BT] tile; the carry enters as ``h_t = A_t h_in + h_loc_t``. This
-recurrent (associative) form only multiplies decays in (0, 1], so unlike an
-``exp(cumsum)``/division closed form it cannot overflow.
+``(batch b, group g, tile of BD channels of g, segment of chunks)`` and walks
+its chunks in scan order, carrying the state ``h`` in registers.
 
-Directions without copies. The logical map is (batch, dim, H, W) with any
-strides. A direction turns step ``t`` into ``(outer, inner) = divmod(t, n_inner)``
-with ``(outer, inner) = (h, w)`` for row-major ('lr', 'rl') and ``(w, h)`` for
-column-major ('tb', 'bt') scans, mirrored for the reversed ones. A chunk is a
-tile of ``BO`` outer lines x ``BI >= n_inner`` inner positions (or, when a line
-is longer than BT, ``1 x BI`` pieces of one line); the padding slots get the
-identity element (a=1, b=0), so flattening the tile gives exactly the scan
-order. The tile is *loaded in memory order* (w always the last axis) and
-permuted to scan order in registers, so column scans of a channels-first map
-still read whole 32-byte sectors along w. Each direction is a constexpr
-specialisation of the program body; the group's direction code (read from a
-small int tensor) picks one of the four at run time.
+A scan direction is a line order of the map: rows (``'lr'``, ``'rl'``) or
+columns (``'tb'``, ``'bt'``), forwards or mirrored. Each line is cut into
+*runs* of ``R`` consecutive steps (the last run of a line is padded with
+identity steps ``a = 1, b = 0``), and a chunk is ``NJ`` consecutive runs: a
+register tile ``[R, NJ, BK]`` (``BK = BD * NP`` channel-state pairs). Triton's
+default layout of that shape keeps axis 0 inside a thread and puts channels
+(the contiguous axis of a channels-last map) and runs across lanes and warps.
+Because a run never leaves its line, the memory offset of step ``r`` of a run
+is ``base + o * s_outer + (i0 + r) * s_inner``: every direction is the same
+code with run-time strides (negated for mirrored directions), no divmod per
+step, no permutation of the tile, no flipped or transposed copies.
 
-Few rows (detection/segmentation maps: 2 images x 64 channels x 66,800 steps).
-When ``batch * groups * channel tiles`` cannot fill the GPU, the chunks of a
-sequence are split into segments run by different programs: a summary pass
-computes each segment's decay product and zero-start final state, and the main
-pass starts each segment from the chained summaries of the segments before it
-(O(segments) tiny loads) and recomputes. The backward does the same in reverse
-for the state gradient.
+Per chunk the recurrence ``h_t = a_t h_{t-1} + b_t`` (``a = exp(delta A)``,
+``b = delta B u``) runs as
 
-Backward. The forward stores the state at every chunk start (N floats per row
-per chunk). The backward walks chunks in reverse: it recomputes the chunk's
-states from its checkpoint, then runs the reverse recurrence
-``dh_t = a_{t+1} dh_{t+1} + C_t dy_t`` as a *forward* associative scan of the
-tile flipped in registers (``tl.flip``; ``associative_scan(reverse=True)`` has
-had wrong results with this combine), with ``a_{t+1}`` recomputed from delta
-loaded at step t+1. ``a_t h_{t-1} = h_t - delta_t B_t u_t`` gives the decay
-gradient without a division. dB/dC are reduced over the channel tile in
-registers and stored directly when one tile holds the whole group (the
-GroupMamba case), else added atomically into fp32 buffers; dA/dD/d(delta_bias)
-are reduced per program into a partial buffer summed on the host
+1. an ``associative_scan`` along axis 0: a sequential in-thread scan of each
+   run (no shuffles);
+2. an *exclusive* scan of the ``NJ`` run summaries (across lanes/warps, one
+   value per thread): the combine carries both the composition of a segment
+   and of the segment without its last element, so run ``j`` gets the state
+   at its start without a shift or a division;
+3. the chunk's carry: the last run's inclusive value.
+
+Decays are only ever multiplied (in (0, 1]), never formed as exp of a
+cumulative sum and divided, so nothing overflows.
+
+Few rows (detection/segmentation maps: 2 images x 64 channels x 66,800
+steps): when ``batch * groups * channel tiles`` cannot fill the GPU, the
+chunks of a sequence are split into segments run by different programs. A
+summary pass computes each segment's decay product and zero-start final
+state; the main pass chains the summaries of the earlier segments (O(segments)
+tiny loads) and recomputes. The backward does the same in reverse.
+
+Backward: the forward stores the state at every chunk start (``N`` floats per
+row per chunk). The backward walks chunks in reverse; per chunk it recomputes
+the states from the checkpoint (the forward's scan, shared code) and runs the
+reverse recurrence ``dh_t = a_{t+1} dh_{t+1} + g_t`` (``g_t = C_t dy_t``, or
+the states' own gradient without C) with the same two-level scan in reverse
+(``reverse=True`` along the in-thread axis and across runs; checked compiled
+against the reference by ``pytest tests/ops --gpu``). ``a_{t+1}`` comes from
+delta loaded at step ``t + 1``. ``a_t h_{t-1} = h_t - delta_t B_t u_t`` gives
+the decay gradient without a division. dB/dC are reduced over the channel
+tile in registers and stored directly when one tile holds the whole group
+(the GroupMamba case), else added atomically into fp32 buffers;
+dA/dD/d(delta_bias) are accumulated per program and summed on the host
 (deterministic).
 
 Interpreter (``TRITON_INTERPRET=1``): no libdevice (softplus is a guarded
@@ -50,12 +58,9 @@ Interpreter (``TRITON_INTERPRET=1``): no libdevice (softplus is a guarded
 (no autotuning) so CI stays fast.
 
 States mode (``STATES``, Spatial-Mamba): without C the forward stores the
-hidden states ``hs`` [BD, N, BT] (fp32, in a (batch, dim, N, H, W) tensor of
-the map's pixel order) instead of reducing them with C, and the backward takes
-their gradient as the injection ``g_t`` of the reverse recurrence
-``dh_t = a_{t+1} dh_{t+1} + g_t`` in place of ``C_t dy_t``. Everything else
-(recompute from checkpoints, dA/dB/du/ddelta) is shared, so the gradient is
-right for any d_state.
+hidden states (fp32, a (batch, dim, N, H, W) tensor) instead of reducing them
+with C, and the backward takes their gradient as the injection ``g_t``.
+Everything else is shared, so the gradient is right for any d_state.
 """
 import contextlib
 import os
@@ -67,8 +72,9 @@ import triton.language as tl
 
 _INTERPRET = os.environ.get('TRITON_INTERPRET', '0') == '1'
 
-#: Test/benchmark hook: keys 'BD', 'BT', 'CPS' (chunks per segment),
-#: 'num_warps' override the heuristic tile config (see :func:`scan_config`).
+#: Test/benchmark hook: keys 'BD' (channels per program), 'R' (steps per
+#: run), 'NJ' (runs per chunk), 'CPS' (chunks per segment), 'num_warps',
+#: 'num_warps_bwd' override the heuristic tile config (see :func:`scan_config`).
 CONFIG_OVERRIDE: Dict[str, int] = {}
 
 
@@ -80,11 +86,8 @@ def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
-def _line_tile(n_outer: int, n_inner: int, bt: int) -> Tuple[int, int, int]:
-    """(BO, BI, n_chunks) of one direction class for a tile of bt steps."""
-    bi = min(_np2(n_inner), bt)
-    bo = bt // bi
-    return bo, bi, _cdiv(n_outer, bo) * _cdiv(n_inner, bi)
+def _n_chunks(n_outer: int, n_inner: int, r: int, nj: int) -> int:
+    return _cdiv(n_outer * _cdiv(n_inner, r), nj)
 
 
 def scan_config(batch: int, dim: int, groups: int, n_state: int, height: int, width: int,
@@ -96,41 +99,43 @@ def scan_config(batch: int, dim: int, groups: int, n_state: int, height: int, wi
     """
     per = dim // groups
     small = _INTERPRET or not on_gpu
+    ov = CONFIG_OVERRIDE
     np_ = _np2(n_state)
-    sms = 1 if small else torch.cuda.get_device_properties(
-        torch.cuda.current_device()).multi_processor_count
-    # Measured on an H100 (docs/benchmarks.md, sweep): with many rows, narrow
-    # one-warp programs (4 channels x 128 steps) beat wide ones; with few rows
-    # (dense maps, split over L) 16 channels x 128 steps on 4 warps did best.
-    if small:
-        bd, elems, warps = min(_np2(per), 4), 64, 1
-    elif batch * groups * _cdiv(per, min(_np2(per), 4)) >= 2 * sms:
-        bd, elems, warps = min(_np2(per), 4), 512, 1
-    else:
-        bd, elems, warps = min(_np2(per), 16), 2048, 4
-    bd = CONFIG_OVERRIDE.get('BD', bd)
-    bt = CONFIG_OVERRIDE.get('BT', max(min(elems // (bd * np_), 512), 16))
-    # at least 16 steps: 1-step tiles miscompiled (garbage dA on an H100)
-    bt = max(min(bt, _np2(height * width)), 16)
-    bo_r, bi_r, nch_r = _line_tile(height, width, bt)   # rows: outer h, inner w
-    bo_c, bi_c, nch_c = _line_tile(width, height, bt)   # columns: outer w, inner h
     has_r = any(c in (0, 2) for c in codes)
     has_c = any(c in (1, 3) for c in codes)
-    nch = max(nch_r if has_r else 0, nch_c if has_c else 0)
+    # a run is padded to R steps at the end of each line: R <= the lines
+    n_min = min(width if has_r else height, height if has_c else width)
+    if small:
+        bd, r, nj, warps = min(_np2(per), 4), 2, 4, 1
+    else:
+        # Measured on an H100 (docs/benchmarks.md, sweeps): 16 (or 8) channels
+        # x 16 runs of 4 steps on 4 warps. 8-channel tiles where they pad
+        # less (GroupMamba-T stage 3: 87 channels per group); tiles of at
+        # most 64 channel-state pairs so N > 1 stays in registers.
+        bd = 16 if (_cdiv(per, 16) * 16 - per) <= (_cdiv(per, 8) * 8 - per) else 8
+        bd = max(1, min(bd, _np2(per), 64 // np_))
+        r, nj, warps = (4 if np_ == 1 else 2), 16, 4
+    bd = ov.get('BD', bd)
+    r = min(ov.get('R', r), _np2(n_min))
+    nj = ov.get('NJ', nj)
+    nch = max(_n_chunks(height, width, r, nj) if has_r else 0,
+              _n_chunks(width, height, r, nj) if has_c else 0)
     n_dt = _cdiv(per, bd)
     rows = batch * groups * n_dt
-    if 'CPS' in CONFIG_OVERRIDE:
-        cps = CONFIG_OVERRIDE['CPS']
+    sms = 1 if small else torch.cuda.get_device_properties(
+        torch.cuda.current_device()).multi_processor_count
+    if 'CPS' in ov:
+        cps = ov['CPS']
     elif small or rows >= 2 * sms:
         cps = nch
     else:
         # Split a sequence over programs only when rows alone leave SMs idle:
-        # the summary pass re-reads delta, u and B.
+        # the summary pass re-reads delta, u and B. ~4 programs per SM.
         cps = max(2, _cdiv(nch * rows, 4 * sms))
     cps = max(1, min(cps, nch))
-    return dict(BD=bd, NP=np_, BT=bt, BO_R=bo_r, BI_R=bi_r, BO_C=bo_c, BI_C=bi_c, NCH=nch,
-                CPS=cps, NSEG=_cdiv(nch, cps), N_DT=n_dt,
-                num_warps=CONFIG_OVERRIDE.get('num_warps', warps))
+    warps = ov.get('num_warps', warps)
+    return dict(BD=bd, NP=np_, R=r, NJ=nj, NCH=nch, CPS=cps, NSEG=_cdiv(nch, cps), N_DT=n_dt,
+                num_warps=warps, num_warps_bwd=ov.get('num_warps_bwd', warps))
 
 
 # --------------------------------------------------------------------------- helpers
@@ -140,6 +145,13 @@ def scan_config(batch: int, dim: int, groups: int, n_state: int, height: int, wi
 def _combine(a1, b1, a2, b2):
     # (a1, b1) is the earlier step: h -> a2 (a1 h + b1) + b2.
     return a1 * a2, a2 * b1 + b2
+
+
+@triton.jit
+def _combine_excl(a1, b1, e1, f1, a2, b2, e2, f2):
+    # (a, b): the whole segment; (e, f): the segment without its last element
+    # (identity for one element), i.e. the exclusive prefix of the next one.
+    return a1 * a2, a2 * b1 + b2, a1 * e2, e2 * b1 + f2
 
 
 @triton.jit
@@ -156,450 +168,432 @@ def _sigmoid(x):
 
 
 @triton.jit
-def _line_geom(H, W, BO: tl.constexpr, BI: tl.constexpr, COL: tl.constexpr):
-    """(n_outer, n_inner, inner blocks, chunks) of a direction class."""
-    if COL:
-        n_outer = W
-        n_inner = H
+def _geom(code, H, W, R: tl.constexpr, NJ: tl.constexpr):
+    """Line geometry of a direction code: (col, rev, n_outer, n_inner, runs
+    per line, chunks)."""
+    col = (code % 2) == 1
+    n_outer = tl.where(col, W, H)
+    n_inner = tl.where(col, H, W)
+    rpl = tl.cdiv(n_inner, R)
+    return col, code >= 2, n_outer, n_inner, rpl, tl.cdiv(n_outer * rpl, NJ)
+
+
+@triton.jit
+def _line(sh, sw, col, rev, n_outer, n_inner):
+    """(base, outer stride, inner stride) of a map with strides (sh, sw)
+    scanned in this direction: the offset of line o, position i is
+    base + o * so + i * si."""
+    so = tl.where(col, sw, sh)
+    si = tl.where(col, sh, sw)
+    base = tl.where(rev, (n_outer - 1) * so + (n_inner - 1) * si, 0)
+    return base, tl.where(rev, -so, so), tl.where(rev, -si, si)
+
+
+@triton.jit
+def _slots(c, rpl, n_outer, n_inner, R: tl.constexpr, NJ: tl.constexpr):
+    """Line o [1, NJ], position i [R, NJ] and validity [R, NJ] of chunk c."""
+    jg = c * NJ + tl.arange(0, NJ)
+    o = jg // rpl
+    ii = ((jg - o * rpl) * R)[None, :] + tl.arange(0, R)[:, None]
+    o = o[None, :]
+    return o, ii, (o < n_outer) & (ii < n_inner)
+
+
+@triton.jit
+def _off(ch, base, so, si, o, ii):
+    """[R, NJ, BK] offsets: per-channel part ch [BK] plus the slot pixels."""
+    return ch[None, None, :] + (base + o * so + ii * si)[:, :, None]
+
+
+@triton.jit
+def _delta(dt, bias, valid, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
+    """(delta after bias/softplus, zero on padding; its pre-softplus value)."""
+    if HAS_BIAS:
+        dt = dt + bias[None, None, :]
+    dtv = dt
+    if SOFTPLUS:
+        dtv = _softplus(dt)
+    return tl.where(valid, dtv, 0.0), dt
+
+
+@triton.jit
+def _last(x, axis: tl.constexpr, n: tl.constexpr, first: tl.constexpr):
+    """x at index n - 1 (or 0 with ``first``) of an axis (a masked sum)."""
+    idx = tl.arange(0, n)
+    if first:
+        sel = idx == 0
     else:
-        n_outer = H
-        n_inner = W
-    n_ib = tl.cdiv(n_inner, BI)
-    return n_outer, n_inner, n_ib, tl.cdiv(n_outer, BO) * n_ib
-
-
-@triton.jit
-def _tile_hw(c, n_outer, n_inner, n_ib, BO: tl.constexpr, BI: tl.constexpr,
-             COL: tl.constexpr, REV: tl.constexpr, NEXT: tl.constexpr):
-    """Map indices (h, w) and validity of chunk c's tile, in memory order.
-
-    The tile is [BO, BI] (outer, inner) for row scans and [BI, BO] for column
-    scans, so w is always the last axis. With NEXT, the indices are those of
-    the step after each slot (t + 1), for the shifted decay of the backward.
-    """
-    ob = c // n_ib
-    o0 = ob * BO
-    i0 = (c - ob * n_ib) * BI
-    if COL:
-        oo = o0 + tl.arange(0, BO)[None, :]
-        ii = i0 + tl.arange(0, BI)[:, None]
+        sel = idx == n - 1
+    if axis == 0:
+        if len(x.shape) == 3:
+            sel3 = sel[:, None, None]
+        else:
+            sel3 = sel[:, None]
     else:
-        oo = o0 + tl.arange(0, BO)[:, None]
-        ii = i0 + tl.arange(0, BI)[None, :]
-    valid = (oo < n_outer) & (ii < n_inner)
-    if NEXT:
-        wrap = ii + 1 >= n_inner
-        oo = tl.where(wrap, oo + 1, oo)
-        ii = tl.where(wrap, 0, ii + 1)
-        valid = valid & (oo < n_outer)
-    if REV:
-        oo = n_outer - 1 - oo
-        ii = n_inner - 1 - ii
-    if COL:
-        return ii, oo, valid
-    else:
-        return oo, ii, valid
+        sel3 = sel[None, :, None]
+    return tl.sum(tl.where(sel3, x, 0.0), axis=axis)
 
 
 @triton.jit
-def _step_valid(c, n_outer, n_inner, n_ib, BO: tl.constexpr, BI: tl.constexpr):
-    """[BT] validity of chunk c's slots in scan order."""
-    ob = c // n_ib
-    k = tl.arange(0, BO * BI)
-    so = ob * BO + k // BI
-    si = (c - ob * n_ib) * BI + k % BI
-    return (so < n_outer) & (si < n_inner)
+def _scan_chunk(a, bx, h_in, R: tl.constexpr, NJ: tl.constexpr):
+    """States [R, NJ, BK] of a chunk entered with state h_in [BK]; also the
+    state after it and the chunk's decay product ([BK] each)."""
+    aa, hl = tl.associative_scan((a, bx), 0, _combine)               # within runs
+    p = _last(aa, 0, R, False)                                       # [NJ, BK]
+    s = _last(hl, 0, R, False)
+    pi, si, pe, se = tl.associative_scan(
+        (p, s, tl.full(p.shape, 1.0, tl.float32), tl.zeros(p.shape, tl.float32)), 0,
+        _combine_excl)                                               # across runs
+    start = pe * h_in[None, :] + se                                  # state before each run
+    h_out = _last(pi * h_in[None, :] + si, 0, NJ, False)
+    return aa * start[None, :, :] + hl, h_out, _last(pi, 0, NJ, False)
 
 
 @triton.jit
-def _to_steps(x, COL: tl.constexpr, BT: tl.constexpr):
-    """[K, X, Y] tile in memory order -> [K, BT] in scan order."""
-    if COL:
-        x = tl.permute(x, (0, 2, 1))
-    return tl.reshape(x, (x.shape[0], BT))
+def _rscan_chunk(alpha, gsrc, dh_in, R: tl.constexpr, NJ: tl.constexpr):
+    """Reverse recurrence dh_t = alpha_t dh_{t+1} + g_t over a chunk entered
+    (from its end) with dh_in [BK]: dh [R, NJ, BK], dh at the chunk's first
+    step, and the chunk's decay product."""
+    qa, gl = tl.associative_scan((alpha, gsrc), 0, _combine, reverse=True)
+    q = _last(qa, 0, R, True)
+    g = _last(gl, 0, R, True)
+    qi, gi, qe, ge = tl.associative_scan(
+        (q, g, tl.full(q.shape, 1.0, tl.float32), tl.zeros(q.shape, tl.float32)), 0,
+        _combine_excl, reverse=True)
+    after = qe * dh_in[None, :] + ge                                 # dh after each run
+    dh_out = _last(qi * dh_in[None, :] + gi, 0, NJ, True)
+    return qa * after[None, :, :] + gl, dh_out, _last(qi, 0, NJ, True)
 
 
 @triton.jit
-def _from_steps(x, BO: tl.constexpr, BI: tl.constexpr, COL: tl.constexpr):
-    """[K, BT] in scan order -> [K, X, Y] tile in memory order."""
-    x = tl.reshape(x, (x.shape[0], BO, BI))
-    if COL:
-        x = tl.permute(x, (0, 2, 1))
+def _sum_states(x, R: tl.constexpr, NJ: tl.constexpr, BD: tl.constexpr, NP: tl.constexpr):
+    """Sum over the NP states of each channel, broadcast back to [R, NJ, BK]."""
+    if NP > 1:
+        s = tl.sum(tl.reshape(x, (R, NJ, BD, NP)), axis=3)
+        x = tl.reshape(tl.broadcast_to(s[:, :, :, None], (R, NJ, BD, NP)), (R, NJ, BD * NP))
     return x
 
 
 @triton.jit
-def _map_off(b, d, hh, ww, s0, s1, s2, s3):
-    """Offsets [BD, X, Y] of a (batch, dim, H, W) tensor."""
-    return b * s0 + d[:, None, None] * s1 + (hh * s2 + ww * s3)[None, :, :]
+def _sum_channels(x, R: tl.constexpr, NJ: tl.constexpr, BD: tl.constexpr, NP: tl.constexpr):
+    """Sum over the channels of the tile: [R, NJ, BK] -> [R, NJ, NP]."""
+    if NP > 1:
+        s = tl.sum(tl.reshape(x, (R, NJ, BD, NP)), axis=2)
+    else:
+        s = tl.sum(x, axis=2)[:, :, None]
+    return s
 
 
 @triton.jit
-def _bc_off(b, g, nn, hh, ww, s0, s1, s2, s3, s4):
-    """Offsets [NP, X, Y] of a (batch, G, N, H, W) tensor."""
-    return b * s0 + g * s1 + nn[:, None, None] * s2 + (hh * s3 + ww * s4)[None, :, :]
-
-
-@triton.jit
-def _state_off(b, g, dtile, per, N, hh, ww, valid, s0, s1, sn, s2, s3,
-               BD: tl.constexpr, NP: tl.constexpr):
-    """Offsets and mask [BD*NP, X, Y] of a (batch, dim, N, H, W) states tensor
-    (row k = channel k // NP, state k % NP of the tile)."""
+def _program(dir_bits, dim, per, N, N_DT, BD: tl.constexpr, NP: tl.constexpr):
+    """Program coordinates, its direction code (2 bits of ``dir_bits`` per
+    group, see :func:`pack_directions`) and its channel-state pairs
+    k -> (d, n)."""
+    pid = tl.program_id(0)
+    g = pid // N_DT
+    dtile = pid - g * N_DT
     k = tl.arange(0, BD * NP)
     dl = dtile * BD + k // NP
     nk = k % NP
-    off = (b * s0 + (g * per + dl) * s1 + nk * sn)[:, None, None] + (hh * s2 + ww * s3)[None, :, :]
-    mask = ((dl < per) & (nk < N))[:, None, None] & valid[None, :, :]
-    return off, mask
-
-
-@triton.jit
-def _sel(x, sel):
-    """x[..., k] for the one k where sel [BT] is true (sum over the step axis)."""
-    return tl.sum(tl.where(sel, x, 0.0), axis=len(x.shape) - 1)
+    code = (dir_bits >> (2 * (g % 16))) & 3
+    return (g, tl.program_id(1), tl.program_id(2), code, g * per + dl, nk,
+            (dl < per) & (nk < N))
 
 
 # --------------------------------------------------------------------------- forward
 
 
 @triton.jit
-def _fwd_body(u_ptr, dt_ptr, z_ptr, y_ptr, A_ptr, D_ptr, bias_ptr, B_ptr, C_ptr,
-              ckpt_ptr, last_ptr, sp_ptr, sh_ptr,
-              b, g, dtile, seg, dim, per, H, W, N, NCH, NSEG, CPS,
-              su0, su1, su2, su3, sd0, sd1, sd2, sd3, sz0, sz1, sz2, sz3,
-              sy0, sy1, syn, sy2, sy3, sb0, sb1, sb2, sb3, sb4, sc0, sc1, sc2, sc3, sc4,
-              BD: tl.constexpr, NP: tl.constexpr, BO: tl.constexpr, BI: tl.constexpr,
-              COL: tl.constexpr, REV: tl.constexpr, HAS_D: tl.constexpr,
-              HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-              SUMMARY: tl.constexpr, SAVE_CKPT: tl.constexpr, STATES: tl.constexpr):
-    BT: tl.constexpr = BO * BI
-    n_outer, n_inner, n_ib, n_ch = _line_geom(H, W, BO, BI, COL)
-    c_start = seg * CPS
-    c_end = tl.minimum(c_start + CPS, n_ch)
-    dl = dtile * BD + tl.arange(0, BD)
-    dmask = dl < per
-    d = g * per + dl
-    nn = tl.arange(0, NP)
-    nmask = nn < N
-    dn_mask = dmask[:, None] & nmask[None, :]
-    dn_off = (b * dim + d[:, None]) * N + nn[None, :]                      # [BD, NP]
-    A = tl.load(A_ptr + d[:, None] * N + nn[None, :], mask=dn_mask, other=0.0)
-    # (defined on every path: the compiler needs them in scope in the loop)
-    Dv = tl.zeros([BD], dtype=tl.float32)
-    bias = tl.zeros([BD], dtype=tl.float32)
-    if HAS_D:
-        Dv = tl.load(D_ptr + d, mask=dmask, other=0.0)
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + d, mask=dmask, other=0.0)
-    last_k = tl.arange(0, BT) == BT - 1
-
-    h = tl.zeros([BD, NP], dtype=tl.float32)
-    p_seg = tl.full([BD, NP], 1.0, tl.float32)
-    if not SUMMARY:
-        # Start state of this segment: chain the summaries of earlier ones.
-        for s in range(0, seg):
-            soff = ((b * dim + d[:, None]) * NSEG + s) * N + nn[None, :]
-            p = tl.load(sp_ptr + soff, mask=dn_mask, other=1.0)
-            hv = tl.load(sh_ptr + soff, mask=dn_mask, other=0.0)
-            h = p * h + hv
-    for c in range(c_start, c_end):
-        hh, ww, valid = _tile_hw(c, n_outer, n_inner, n_ib, BO, BI, COL, REV, False)
-        vs = _step_valid(c, n_outer, n_inner, n_ib, BO, BI)
-        m3 = dmask[:, None, None] & valid[None, :, :]
-        mbc = nmask[:, None, None] & valid[None, :, :]
-        ms = dmask[:, None] & vs[None, :]
-        u = _to_steps(tl.load(u_ptr + _map_off(b, d, hh, ww, su0, su1, su2, su3),
-                              mask=m3, other=0.0).to(tl.float32), COL, BT)
-        dt = _to_steps(tl.load(dt_ptr + _map_off(b, d, hh, ww, sd0, sd1, sd2, sd3),
-                               mask=m3, other=0.0).to(tl.float32), COL, BT)
-        Bv = _to_steps(tl.load(B_ptr + _bc_off(b, g, nn, hh, ww, sb0, sb1, sb2, sb3, sb4),
-                               mask=mbc, other=0.0).to(tl.float32), COL, BT)
-        if HAS_BIAS:
-            dt = dt + bias[:, None]
-        if SOFTPLUS:
-            dt = _softplus(dt)
-        dt = tl.where(ms, dt, 0.0)                                          # padding: a=1, b=0
-        a = tl.exp(dt[:, None, :] * A[:, :, None])                          # [BD, NP, BT]
-        bx = (dt * u)[:, None, :] * Bv[None, :, :]
-        if SAVE_CKPT:
-            tl.store(ckpt_ptr + ((b * dim + d[:, None]) * NCH + c) * N + nn[None, :], h,
-                     mask=dn_mask)
-        aa, hl = tl.associative_scan((a, bx), 2, _combine)
-        hs = aa * h[:, :, None] + hl
-        h = _sel(hs, last_k[None, None, :])
-        if SUMMARY:
-            p_seg = p_seg * _sel(aa, last_k[None, None, :])
-        elif STATES:
-            soff, smask = _state_off(b, g, dtile, per, N, hh, ww, valid, sy0, sy1, syn, sy2,
-                                     sy3, BD, NP)
-            tl.store(y_ptr + soff, _from_steps(tl.reshape(hs, (BD * NP, BT)), BO, BI, COL),
-                     mask=smask)
-        else:
-            Cv = _to_steps(tl.load(C_ptr + _bc_off(b, g, nn, hh, ww, sc0, sc1, sc2, sc3, sc4),
-                                   mask=mbc, other=0.0).to(tl.float32), COL, BT)
-            y = tl.sum(hs * Cv[None, :, :], axis=1)                          # [BD, BT]
-            if HAS_D:
-                y = y + Dv[:, None] * u
-            if HAS_Z:
-                zv = _to_steps(tl.load(z_ptr + _map_off(b, d, hh, ww, sz0, sz1, sz2, sz3),
-                                       mask=m3, other=0.0).to(tl.float32), COL, BT)
-                y = y * zv * _sigmoid(zv)
-            tl.store(y_ptr + _map_off(b, d, hh, ww, sy0, sy1, sy2, sy3),
-                     _from_steps(y, BO, BI, COL).to(y_ptr.dtype.element_ty), mask=m3)
-    if SUMMARY:
-        soff = ((b * dim + d[:, None]) * NSEG + seg) * N + nn[None, :]
-        tl.store(sp_ptr + soff, p_seg, mask=dn_mask)
-        tl.store(sh_ptr + soff, h, mask=dn_mask)
-    else:
-        if (c_start < n_ch) & (c_end == n_ch):
-            tl.store(last_ptr + dn_off, h, mask=dn_mask)
-
-
-@triton.jit
 def _fwd_kernel(u_ptr, dt_ptr, z_ptr, y_ptr, A_ptr, D_ptr, bias_ptr, B_ptr, C_ptr,
-                ckpt_ptr, last_ptr, sp_ptr, sh_ptr, dir_ptr,
+                ckpt_ptr, last_ptr, sp_ptr, sh_ptr, dir_bits,
                 dim, per, H, W, N, NCH, NSEG, CPS, N_DT,
                 su0, su1, su2, su3, sd0, sd1, sd2, sd3, sz0, sz1, sz2, sz3,
                 sy0, sy1, syn, sy2, sy3, sb0, sb1, sb2, sb3, sb4, sc0, sc1, sc2, sc3, sc4,
-                BD: tl.constexpr, NP: tl.constexpr, BO_R: tl.constexpr, BI_R: tl.constexpr,
-                BO_C: tl.constexpr, BI_C: tl.constexpr, HAS_D: tl.constexpr,
-                HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-                SUMMARY: tl.constexpr, SAVE_CKPT: tl.constexpr, STATES: tl.constexpr):
-    pid = tl.program_id(0)
-    g = pid // N_DT
-    dtile = pid - g * N_DT
-    b = tl.program_id(1)
-    seg = tl.program_id(2)
-    code = tl.load(dir_ptr + g)
-    args = (u_ptr, dt_ptr, z_ptr, y_ptr, A_ptr, D_ptr, bias_ptr, B_ptr, C_ptr,
-            ckpt_ptr, last_ptr, sp_ptr, sh_ptr, b, g, dtile, seg, dim, per, H, W, N, NCH,
-            NSEG, CPS, su0, su1, su2, su3, sd0, sd1, sd2, sd3, sz0, sz1, sz2, sz3,
-            sy0, sy1, syn, sy2, sy3, sb0, sb1, sb2, sb3, sb4, sc0, sc1, sc2, sc3, sc4)
-    flags = (HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, SUMMARY, SAVE_CKPT, STATES)
-    if code == 0:
-        _fwd_body(*args, BD, NP, BO_R, BI_R, False, False, *flags)
-    elif code == 1:
-        _fwd_body(*args, BD, NP, BO_C, BI_C, True, False, *flags)
-    elif code == 2:
-        _fwd_body(*args, BD, NP, BO_R, BI_R, False, True, *flags)
+                BD: tl.constexpr, NP: tl.constexpr, R: tl.constexpr, NJ: tl.constexpr,
+                HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
+                SOFTPLUS: tl.constexpr, SUMMARY: tl.constexpr, SAVE_CKPT: tl.constexpr,
+                STATES: tl.constexpr):
+    g, b, seg, code, d, nk, kmask = _program(dir_bits, dim, per, N, N_DT, BD, NP)
+    col, rev, n_outer, n_inner, rpl, n_ch = _geom(code, H, W, R, NJ)
+    bu, ou, iu = _line(su2, su3, col, rev, n_outer, n_inner)
+    bd_, od, id_ = _line(sd2, sd3, col, rev, n_outer, n_inner)
+    bb, ob, ib = _line(sb3, sb4, col, rev, n_outer, n_inner)
+    # 64-bit batch offsets once; per-item offsets are 32-bit
+    b64 = b.to(tl.int64)
+    u_b = u_ptr + b64 * su0
+    dt_b = dt_ptr + b64 * sd0
+    B_b = B_ptr + b64 * sb0
+    u_ch = d * su1
+    dt_ch = d * sd1
+    b_ch = g * sb1 + nk * sb2
+    dn = (b * dim + d) * N + nk                                          # [BK]
+    A = tl.load(A_ptr + d * N + nk, mask=kmask, other=0.0)
+    # (defined on every path: the compiler needs them in scope in the loop)
+    Dv = tl.zeros([BD * NP], dtype=tl.float32)
+    bias = tl.zeros([BD * NP], dtype=tl.float32)
+    if HAS_D:
+        Dv = tl.load(D_ptr + d, mask=kmask, other=0.0)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + d, mask=kmask, other=0.0)
+    c_start = seg * CPS
+    c_end = tl.minimum(c_start + CPS, n_ch)
+
+    h = tl.zeros([BD * NP], dtype=tl.float32)
+    p_seg = tl.full([BD * NP], 1.0, tl.float32)
+    if not SUMMARY:
+        # Start state of this segment: chain the summaries of earlier ones.
+        for s in range(0, seg):
+            soff = ((b * dim + d) * NSEG + s) * N + nk
+            h = (tl.load(sp_ptr + soff, mask=kmask, other=1.0) * h
+                 + tl.load(sh_ptr + soff, mask=kmask, other=0.0))
+    # The next chunk's inputs are loaded before this chunk is scanned, so
+    # their memory latency overlaps the scan (the loop is a serial chain).
+    o, ii, valid = _slots(c_start, rpl, n_outer, n_inner, R, NJ)
+    m3 = valid[:, :, None] & kmask[None, None, :] & (c_start < c_end)
+    u_n = tl.load(u_b + _off(u_ch, bu, ou, iu, o, ii), mask=m3, other=0.0)
+    dt_n = tl.load(dt_b + _off(dt_ch, bd_, od, id_, o, ii), mask=m3, other=0.0)
+    B_n = tl.load(B_b + _off(b_ch, bb, ob, ib, o, ii), mask=m3, other=0.0)
+    for c in range(c_start, c_end):
+        u = u_n.to(tl.float32)
+        dt_raw = dt_n.to(tl.float32)
+        Bv = B_n.to(tl.float32)
+        o, ii, valid = _slots(c + 1, rpl, n_outer, n_inner, R, NJ)
+        m3 = valid[:, :, None] & kmask[None, None, :] & (c + 1 < c_end)
+        u_n = tl.load(u_b + _off(u_ch, bu, ou, iu, o, ii), mask=m3, other=0.0)
+        dt_n = tl.load(dt_b + _off(dt_ch, bd_, od, id_, o, ii), mask=m3, other=0.0)
+        B_n = tl.load(B_b + _off(b_ch, bb, ob, ib, o, ii), mask=m3, other=0.0)
+        o, ii, valid = _slots(c, rpl, n_outer, n_inner, R, NJ)
+        m3 = valid[:, :, None] & kmask[None, None, :]
+        dtv, _ = _delta(dt_raw, bias, m3, HAS_BIAS, SOFTPLUS)
+        if SAVE_CKPT:
+            tl.store(ckpt_ptr + ((b * dim + d) * NCH + c) * N + nk, h, mask=kmask)
+        hs, h_next, p_chunk = _scan_chunk(tl.exp(dtv * A[None, None, :]), dtv * u * Bv, h, R, NJ)
+        h = h_next
+        if SUMMARY:
+            p_seg = p_seg * p_chunk
+        elif STATES:
+            by, oy, iy = _line(sy2, sy3, col, rev, n_outer, n_inner)
+            tl.store(y_ptr + b64 * sy0 + _off(d * sy1 + nk * syn, by, oy, iy, o, ii), hs,
+                     mask=m3)
+        else:
+            bc, oc, ic = _line(sc3, sc4, col, rev, n_outer, n_inner)
+            Cv = tl.load(C_ptr + b64 * sc0 + _off(g * sc1 + nk * sc2, bc, oc, ic, o, ii),
+                         mask=m3, other=0.0).to(tl.float32)
+            y = _sum_states(hs * Cv, R, NJ, BD, NP)
+            if HAS_D:
+                y = y + Dv[None, None, :] * u
+            if HAS_Z:
+                bz, oz, iz = _line(sz2, sz3, col, rev, n_outer, n_inner)
+                zv = tl.load(z_ptr + b64 * sz0 + _off(d * sz1, bz, oz, iz, o, ii), mask=m3,
+                             other=0.0).to(tl.float32)
+                y = y * zv * _sigmoid(zv)
+            by, oy, iy = _line(sy2, sy3, col, rev, n_outer, n_inner)
+            tl.store(y_ptr + b64 * sy0 + _off(d * sy1, by, oy, iy, o, ii),
+                     y.to(y_ptr.dtype.element_ty), mask=m3 & (nk == 0)[None, None, :])
+    if SUMMARY:
+        soff = ((b * dim + d) * NSEG + seg) * N + nk
+        tl.store(sp_ptr + soff, p_seg, mask=kmask)
+        tl.store(sh_ptr + soff, h, mask=kmask)
     else:
-        _fwd_body(*args, BD, NP, BO_C, BI_C, True, True, *flags)
+        if (c_start < n_ch) & (c_end == n_ch):
+            tl.store(last_ptr + dn, h, mask=kmask)
 
 
 # --------------------------------------------------------------------------- backward
 
 
 @triton.jit
-def _bwd_body(u_ptr, dt_ptr, z_ptr, dy_ptr, A_ptr, D_ptr, bias_ptr, B_ptr, C_ptr,
-              ckpt_ptr, dlast_ptr, sq_ptr, sg_ptr,
-              du_ptr, ddt_ptr, dz_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr, dbias_ptr,
-              b, g, dtile, seg, dim, per, H, W, N, NCH, NSEG, CPS,
-              su, sd, sz, sdy, sdu, sddt, sdz, sb, sc, sdb, sdc,
-              BD: tl.constexpr, NP: tl.constexpr, BO: tl.constexpr, BI: tl.constexpr,
-              COL: tl.constexpr, REV: tl.constexpr, HAS_D: tl.constexpr,
-              HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-              SUMMARY: tl.constexpr, HAS_DLAST: tl.constexpr, ATOMIC_BC: tl.constexpr,
-              STATES: tl.constexpr):
-    BT: tl.constexpr = BO * BI
-    n_outer, n_inner, n_ib, n_ch = _line_geom(H, W, BO, BI, COL)
-    c_start = seg * CPS
-    c_end = tl.minimum(c_start + CPS, n_ch)
-    dl = dtile * BD + tl.arange(0, BD)
-    dmask = dl < per
-    d = g * per + dl
-    nn = tl.arange(0, NP)
-    nmask = nn < N
-    dn_mask = dmask[:, None] & nmask[None, :]
-    A = tl.load(A_ptr + d[:, None] * N + nn[None, :], mask=dn_mask, other=0.0)
-    # (defined on every path: the compiler needs them in scope in the loop)
-    Dv = tl.zeros([BD], dtype=tl.float32)
-    bias = tl.zeros([BD], dtype=tl.float32)
-    if HAS_D:
-        Dv = tl.load(D_ptr + d, mask=dmask, other=0.0)
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + d, mask=dmask, other=0.0)
-    k = tl.arange(0, BT)
-    last_k = k == BT - 1
+def _next_slots(o, ii, valid, n_outer, n_inner, kmask):
+    """Line, position and validity of the step after each slot (the next
+    position of the line, or the next line's first; [R, NJ]) and its
+    [R, NJ, BK] mask (false past the end and on padding)."""
+    wrap = ii + 1 >= n_inner
+    o_n = tl.where(wrap, o + 1, o)
+    ii_n = tl.where(wrap, 0, ii + 1)
+    v = valid & (o_n < n_outer)
+    return o_n, ii_n, v, v[:, :, None] & kmask[None, None, :]
 
-    # dh: gradient of the state after this segment's last step (dh_{t1+1}),
-    # chained from the final-state gradient through the later segments.
-    dh = tl.zeros([BD, NP], dtype=tl.float32)
-    q_seg = tl.full([BD, NP], 1.0, tl.float32)
-    if not SUMMARY:
-        if HAS_DLAST:
-            dh = tl.load(dlast_ptr + (b * dim + d[:, None]) * N + nn[None, :], mask=dn_mask,
-                         other=0.0)
-        n_seg_g = tl.cdiv(n_ch, CPS)
-        for j in range(0, n_seg_g - 1 - seg):
-            soff = ((b * dim + d[:, None]) * NSEG + (n_seg_g - 1 - j)) * N + nn[None, :]
-            q = tl.load(sq_ptr + soff, mask=dn_mask, other=1.0)
-            gv = tl.load(sg_ptr + soff, mask=dn_mask, other=0.0)
-            dh = q * dh + gv
-    dA_acc = tl.zeros([BD, NP], dtype=tl.float32)
-    dD_acc = tl.zeros([BD], dtype=tl.float32)
-    dbias_acc = tl.zeros([BD], dtype=tl.float32)
-    for j in range(0, c_end - c_start):
-        c = c_end - 1 - j
-        hh, ww, valid = _tile_hw(c, n_outer, n_inner, n_ib, BO, BI, COL, REV, False)
-        hn, wn, valid_n = _tile_hw(c, n_outer, n_inner, n_ib, BO, BI, COL, REV, True)
-        # scan-order validity of each slot and of its next step
-        ob = c // n_ib
-        so = ob * BO + k // BI
-        si = (c - ob * n_ib) * BI + k % BI
-        vs = (so < n_outer) & (si < n_inner)
-        vs_n = vs & ((si + 1 < n_inner) | (so + 1 < n_outer))
-        m3 = dmask[:, None, None] & valid[None, :, :]
-        m3n = dmask[:, None, None] & valid_n[None, :, :]
-        mbc = nmask[:, None, None] & valid[None, :, :]
-        ms = dmask[:, None] & vs[None, :]
-        ms_n = dmask[:, None] & vs_n[None, :]
-        dtn = _to_steps(tl.load(dt_ptr + _map_off(b, d, hn, wn, sd[0], sd[1], sd[2], sd[3]),
-                                mask=m3n, other=0.0).to(tl.float32), COL, BT)
-        if HAS_BIAS:
-            dtn = dtn + bias[:, None]
-        if SOFTPLUS:
-            dtn = _softplus(dtn)
-        # alpha_t = a_{t+1}; 1 past the end and on padding (identity).
-        alpha = tl.where(ms_n[:, None, :], tl.exp(dtn[:, None, :] * A[:, :, None]), 1.0)
-        # (defined before the branch: Triton keeps only names that exist on
-        # every path, even for a constexpr condition)
-        dy = tl.zeros([BD, BT], dtype=tl.float32)
-        Cv = tl.zeros([NP, BT], dtype=tl.float32)
-        zv = dy
-        zs = dy
-        gy = dy
-        gsrc = tl.zeros([BD, NP, BT], dtype=tl.float32)
-        if STATES:
-            # the states' own gradient is the injection g_t
-            soff, smask = _state_off(b, g, dtile, per, N, hh, ww, valid, sdy[0], sdy[1], sdy[2],
-                                     sdy[3], sdy[4], BD, NP)
-            gsrc = tl.reshape(_to_steps(tl.load(dy_ptr + soff, mask=smask, other=0.0)
-                                        .to(tl.float32), COL, BT), (BD, NP, BT))
-        else:
-            dy = _to_steps(tl.load(dy_ptr + _map_off(b, d, hh, ww, sdy[0], sdy[1], sdy[3],
-                                                     sdy[4]), mask=m3, other=0.0).to(tl.float32),
-                           COL, BT)
-            Cv = _to_steps(tl.load(C_ptr + _bc_off(b, g, nn, hh, ww, sc[0], sc[1], sc[2], sc[3],
-                                                   sc[4]), mask=mbc, other=0.0).to(tl.float32),
-                           COL, BT)
-            zv = dy
-            zs = dy
-            gy = dy
-            if HAS_Z:
-                zv = _to_steps(tl.load(z_ptr + _map_off(b, d, hh, ww, sz[0], sz[1], sz[2], sz[3]),
-                                       mask=m3, other=0.0).to(tl.float32), COL, BT)
-                zs = _sigmoid(zv)
-                gy = dy * zv * zs
-            gsrc = Cv[None, :, :] * gy[:, None, :]                           # [BD, NP, BT]
-        # Reverse recurrence dh_t = alpha_t dh_{t+1} + gsrc_t as a forward scan
-        # of the flipped tile.
-        qa, dloc = tl.associative_scan((tl.flip(alpha, 2), tl.flip(gsrc, 2)), 2, _combine)
-        dh_f = qa * dh[:, :, None] + dloc                                    # flipped order
-        dh = _sel(dh_f, last_k[None, None, :])                               # dh at the chunk's first step
-        if SUMMARY:
-            q_seg = q_seg * _sel(qa, last_k[None, None, :])
-        else:
-            dhs = tl.flip(dh_f, 2)                                           # scan order
-            u = _to_steps(tl.load(u_ptr + _map_off(b, d, hh, ww, su[0], su[1], su[2], su[3]),
-                                  mask=m3, other=0.0).to(tl.float32), COL, BT)
-            dtx = _to_steps(tl.load(dt_ptr + _map_off(b, d, hh, ww, sd[0], sd[1], sd[2], sd[3]),
-                                    mask=m3, other=0.0).to(tl.float32), COL, BT)
-            Bv = _to_steps(tl.load(B_ptr + _bc_off(b, g, nn, hh, ww, sb[0], sb[1], sb[2], sb[3],
-                                                   sb[4]), mask=mbc, other=0.0).to(tl.float32),
-                           COL, BT)
-            if HAS_BIAS:
-                dtx = dtx + bias[:, None]
-            dtv = dtx
-            if SOFTPLUS:
-                dtv = _softplus(dtx)
-            dtv = tl.where(ms, dtv, 0.0)
-            # Recompute the chunk's states from its checkpoint.
-            h0 = tl.load(ckpt_ptr + ((b * dim + d[:, None]) * NCH + c) * N + nn[None, :],
-                         mask=dn_mask, other=0.0)
-            a = tl.exp(dtv[:, None, :] * A[:, :, None])
-            bx = (dtv * u)[:, None, :] * Bv[None, :, :]
-            aa, hl = tl.associative_scan((a, bx), 2, _combine)
-            hs = aa * h0[:, :, None] + hl
-            if HAS_Z:
-                y0 = tl.sum(hs * Cv[None, :, :], axis=1)
-                if HAS_D:
-                    y0 = y0 + Dv[:, None] * u
-                dzv = dy * y0 * zs * (1.0 + zv * (1.0 - zs))
-                tl.store(dz_ptr + _map_off(b, d, hh, ww, sdz[0], sdz[1], sdz[2], sdz[3]),
-                         _from_steps(dzv, BO, BI, COL).to(dz_ptr.dtype.element_ty), mask=m3)
-            ta = dhs * (hs - bx)                                             # dh_t a_t h_{t-1}
-            dhB = dhs * Bv[None, :, :]
-            ddt = tl.sum(dhB * u[:, None, :] + ta * A[:, :, None], axis=1)   # [BD, BT]
-            du = tl.sum(dhB, axis=1) * dtv
-            if HAS_D:
-                du = du + Dv[:, None] * gy
-                dD_acc += tl.sum(gy * u, axis=1)
-            dA_acc += tl.sum(ta * dtv[:, None, :], axis=2)
-            if SOFTPLUS:
-                ddt = ddt * tl.where(dtx > 20.0, 1.0, _sigmoid(dtx))
-            ddt = tl.where(ms, ddt, 0.0)
-            dbias_acc += tl.sum(ddt, axis=1)
-            dBt = tl.sum(dhs * (dtv * u)[:, None, :], axis=0)                # [NP, BT]
-            tl.store(du_ptr + _map_off(b, d, hh, ww, sdu[0], sdu[1], sdu[2], sdu[3]),
-                     _from_steps(du, BO, BI, COL).to(du_ptr.dtype.element_ty), mask=m3)
-            tl.store(ddt_ptr + _map_off(b, d, hh, ww, sddt[0], sddt[1], sddt[2], sddt[3]),
-                     _from_steps(ddt, BO, BI, COL).to(ddt_ptr.dtype.element_ty), mask=m3)
-            off_db = _bc_off(b, g, nn, hh, ww, sdb[0], sdb[1], sdb[2], sdb[3], sdb[4])
-            if ATOMIC_BC:
-                tl.atomic_add(dB_ptr + off_db, _from_steps(dBt, BO, BI, COL), mask=mbc)
-            else:
-                tl.store(dB_ptr + off_db, _from_steps(dBt, BO, BI, COL).to(dB_ptr.dtype.element_ty),
-                         mask=mbc)
-            if not STATES:
-                dCt = tl.sum(hs * gy[:, None, :], axis=0)
-                off_dc = _bc_off(b, g, nn, hh, ww, sdc[0], sdc[1], sdc[2], sdc[3], sdc[4])
-                if ATOMIC_BC:
-                    tl.atomic_add(dC_ptr + off_dc, _from_steps(dCt, BO, BI, COL), mask=mbc)
-                else:
-                    tl.store(dC_ptr + off_dc,
-                             _from_steps(dCt, BO, BI, COL).to(dC_ptr.dtype.element_ty), mask=mbc)
-    if SUMMARY:
-        soff = ((b * dim + d[:, None]) * NSEG + seg) * N + nn[None, :]
-        tl.store(sq_ptr + soff, q_seg, mask=dn_mask)
-        tl.store(sg_ptr + soff, dh, mask=dn_mask)
-    else:
-        poff = (b * NSEG + seg) * dim + d
-        tl.store(dA_ptr + poff[:, None] * N + nn[None, :], dA_acc, mask=dn_mask)
-        tl.store(dD_ptr + poff, dD_acc, mask=dmask)
-        tl.store(dbias_ptr + poff, dbias_acc, mask=dmask)
+
+@triton.jit
+def _bwd_loads(c, live, rpl, n_outer, n_inner, col, rev, kmask, b64, g, d, nk,
+               u_ptr, dt_ptr, z_ptr, dy_ptr, B_ptr, C_ptr, su, sd, sz, sdy, sb, sc,
+               R: tl.constexpr, NJ: tl.constexpr, HAS_Z: tl.constexpr, STATES: tl.constexpr,
+               FULL: tl.constexpr):
+    """Raw [R, NJ, BK] tiles of chunk c for the backward (all-masked unless
+    live): delta at the next step, delta, u, B, dy (or the states' gradient:
+    its state stride is 0 for y), C, z. Without FULL (the summary pass) only
+    what the reverse recurrence needs."""
+    o, ii, valid = _slots(c, rpl, n_outer, n_inner, R, NJ)
+    m3 = valid[:, :, None] & kmask[None, None, :] & live
+    o_n, ii_n, _, m3n = _next_slots(o, ii, valid, n_outer, n_inner, kmask)
+    bd_, od, id_ = _line(sd[2], sd[3], col, rev, n_outer, n_inner)
+    dt_b = dt_ptr + b64 * sd[0]
+    dtn = tl.load(dt_b + _off(d * sd[1], bd_, od, id_, o_n, ii_n), mask=m3n & live, other=0.0)
+    by, oy, iy = _line(sdy[3], sdy[4], col, rev, n_outer, n_inner)
+    dy = tl.load(dy_ptr + b64 * sdy[0] + _off(d * sdy[1] + nk * sdy[2], by, oy, iy, o, ii),
+                 mask=m3, other=0.0)
+    # (defined on every path: compiled Triton keeps only names that exist on
+    # every path, even for a constexpr condition)
+    dt = tl.zeros([R, NJ, d.shape[0]], dtype=dt_ptr.dtype.element_ty)
+    u = tl.zeros([R, NJ, d.shape[0]], dtype=u_ptr.dtype.element_ty)
+    Bv = tl.zeros([R, NJ, d.shape[0]], dtype=B_ptr.dtype.element_ty)
+    Cv = tl.zeros([R, NJ, d.shape[0]], dtype=C_ptr.dtype.element_ty)
+    zv = tl.zeros([R, NJ, d.shape[0]], dtype=z_ptr.dtype.element_ty)
+    if FULL:
+        dt = tl.load(dt_b + _off(d * sd[1], bd_, od, id_, o, ii), mask=m3, other=0.0)
+        bu, ou, iu = _line(su[2], su[3], col, rev, n_outer, n_inner)
+        u = tl.load(u_ptr + b64 * su[0] + _off(d * su[1], bu, ou, iu, o, ii), mask=m3, other=0.0)
+        bb, ob, ib = _line(sb[3], sb[4], col, rev, n_outer, n_inner)
+        Bv = tl.load(B_ptr + b64 * sb[0] + _off(g * sb[1] + nk * sb[2], bb, ob, ib, o, ii),
+                     mask=m3, other=0.0)
+    if not STATES:
+        bc, oc, ic = _line(sc[3], sc[4], col, rev, n_outer, n_inner)
+        Cv = tl.load(C_ptr + b64 * sc[0] + _off(g * sc[1] + nk * sc[2], bc, oc, ic, o, ii),
+                     mask=m3, other=0.0)
+    if HAS_Z:
+        bz, oz, iz = _line(sz[2], sz[3], col, rev, n_outer, n_inner)
+        zv = tl.load(z_ptr + b64 * sz[0] + _off(d * sz[1], bz, oz, iz, o, ii), mask=m3,
+                     other=0.0)
+    return dtn, dt, u, Bv, dy, Cv, zv
 
 
 @triton.jit
 def _bwd_kernel(u_ptr, dt_ptr, z_ptr, dy_ptr, A_ptr, D_ptr, bias_ptr, B_ptr, C_ptr,
                 ckpt_ptr, dlast_ptr, sq_ptr, sg_ptr,
-                du_ptr, ddt_ptr, dz_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr, dbias_ptr, dir_ptr,
+                du_ptr, ddt_ptr, dz_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr, dbias_ptr, dir_bits,
                 dim, per, H, W, N, NCH, NSEG, CPS, N_DT,
                 su, sd, sz, sdy, sdu, sddt, sdz, sb, sc, sdb, sdc,
-                BD: tl.constexpr, NP: tl.constexpr, BO_R: tl.constexpr, BI_R: tl.constexpr,
-                BO_C: tl.constexpr, BI_C: tl.constexpr, HAS_D: tl.constexpr,
-                HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-                SUMMARY: tl.constexpr, HAS_DLAST: tl.constexpr, ATOMIC_BC: tl.constexpr,
-                STATES: tl.constexpr):
-    pid = tl.program_id(0)
-    g = pid // N_DT
-    dtile = pid - g * N_DT
-    b = tl.program_id(1)
-    seg = tl.program_id(2)
-    code = tl.load(dir_ptr + g)
-    args = (u_ptr, dt_ptr, z_ptr, dy_ptr, A_ptr, D_ptr, bias_ptr, B_ptr, C_ptr,
-            ckpt_ptr, dlast_ptr, sq_ptr, sg_ptr,
-            du_ptr, ddt_ptr, dz_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr, dbias_ptr,
-            b, g, dtile, seg, dim, per, H, W, N, NCH, NSEG, CPS,
-            su, sd, sz, sdy, sdu, sddt, sdz, sb, sc, sdb, sdc)
-    flags = (HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, SUMMARY, HAS_DLAST, ATOMIC_BC, STATES)
-    if code == 0:
-        _bwd_body(*args, BD, NP, BO_R, BI_R, False, False, *flags)
-    elif code == 1:
-        _bwd_body(*args, BD, NP, BO_C, BI_C, True, False, *flags)
-    elif code == 2:
-        _bwd_body(*args, BD, NP, BO_R, BI_R, False, True, *flags)
+                BD: tl.constexpr, NP: tl.constexpr, R: tl.constexpr, NJ: tl.constexpr,
+                HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
+                SOFTPLUS: tl.constexpr, SUMMARY: tl.constexpr, HAS_DLAST: tl.constexpr,
+                ATOMIC_BC: tl.constexpr, STATES: tl.constexpr):
+    g, b, seg, code, d, nk, kmask = _program(dir_bits, dim, per, N, N_DT, BD, NP)
+    col, rev, n_outer, n_inner, rpl, n_ch = _geom(code, H, W, R, NJ)
+    b64 = b.to(tl.int64)
+    A = tl.load(A_ptr + d * N + nk, mask=kmask, other=0.0)
+    # (defined on every path: the compiler needs them in scope in the loop)
+    Dv = tl.zeros([BD * NP], dtype=tl.float32)
+    bias = tl.zeros([BD * NP], dtype=tl.float32)
+    if HAS_D:
+        Dv = tl.load(D_ptr + d, mask=kmask, other=0.0)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + d, mask=kmask, other=0.0)
+    nn = tl.arange(0, NP)
+    first_k = (nk == 0)[None, None, :]
+    c_start = seg * CPS
+    c_end = tl.minimum(c_start + CPS, n_ch)
+
+    # dh: gradient of the state after this segment's last step, chained from
+    # the final-state gradient through the later segments.
+    dh = tl.zeros([BD * NP], dtype=tl.float32)
+    q_seg = tl.full([BD * NP], 1.0, tl.float32)
+    if not SUMMARY:
+        if HAS_DLAST:
+            dh = tl.load(dlast_ptr + (b * dim + d) * N + nk, mask=kmask, other=0.0)
+        n_seg_g = tl.cdiv(n_ch, CPS)
+        for j in range(0, n_seg_g - 1 - seg):
+            soff = ((b * dim + d) * NSEG + (n_seg_g - 1 - j)) * N + nk
+            dh = (tl.load(sq_ptr + soff, mask=kmask, other=1.0) * dh
+                  + tl.load(sg_ptr + soff, mask=kmask, other=0.0))
+    dA_acc = tl.zeros([NJ, BD * NP], dtype=tl.float32)
+    dD_acc = tl.zeros([NJ, BD * NP], dtype=tl.float32)
+    dbias_acc = tl.zeros([NJ, BD * NP], dtype=tl.float32)
+    # The next (earlier) chunk's inputs are loaded before this chunk is
+    # processed, so their latency overlaps the work (the loop is a serial chain).
+    dtn_n, dt_n, u_n, B_n, dy_n, C_n, z_n = _bwd_loads(
+        c_end - 1, c_start < c_end, rpl, n_outer, n_inner, col, rev, kmask, b64, g, d, nk,
+        u_ptr, dt_ptr, z_ptr, dy_ptr, B_ptr, C_ptr, su, sd, sz, sdy, sb, sc,
+        R, NJ, HAS_Z, STATES, not SUMMARY)
+    for j in range(0, c_end - c_start):
+        c = c_end - 1 - j
+        dtn_r, dt_r, u_r, B_r, dy_r, C_r, z_r = dtn_n, dt_n, u_n, B_n, dy_n, C_n, z_n
+        dtn_n, dt_n, u_n, B_n, dy_n, C_n, z_n = _bwd_loads(
+            c - 1, c - 1 >= c_start, rpl, n_outer, n_inner, col, rev, kmask, b64, g, d, nk,
+            u_ptr, dt_ptr, z_ptr, dy_ptr, B_ptr, C_ptr, su, sd, sz, sdy, sb, sc,
+            R, NJ, HAS_Z, STATES, not SUMMARY)
+        o, ii, valid = _slots(c, rpl, n_outer, n_inner, R, NJ)
+        m3 = valid[:, :, None] & kmask[None, None, :]
+        _, _, _, m3n = _next_slots(o, ii, valid, n_outer, n_inner, kmask)
+        dtn, _ = _delta(dtn_r.to(tl.float32), bias, m3n, HAS_BIAS, SOFTPLUS)
+        alpha = tl.where(m3n, tl.exp(dtn * A[None, None, :]), 1.0)
+        dy = dy_r.to(tl.float32)
+        Cv = C_r.to(tl.float32)
+        zv = z_r.to(tl.float32)
+        zs = zv
+        gy = dy
+        if HAS_Z:
+            zs = _sigmoid(zv)
+            gy = dy * zv * zs
+        if STATES:
+            gsrc = dy                       # the states' own gradient is the injection g_t
+        else:
+            gsrc = Cv * gy
+        dhs, dh_next, q_chunk = _rscan_chunk(alpha, gsrc, dh, R, NJ)
+        dh = dh_next
+        if SUMMARY:
+            q_seg = q_seg * q_chunk
+        else:
+            u = u_r.to(tl.float32)
+            dtv, dtx = _delta(dt_r.to(tl.float32), bias, m3, HAS_BIAS, SOFTPLUS)
+            Bv = B_r.to(tl.float32)
+            # Recompute the chunk's states from its checkpoint.
+            h0 = tl.load(ckpt_ptr + ((b * dim + d) * NCH + c) * N + nk, mask=kmask, other=0.0)
+            bx = dtv * u * Bv
+            hs, _, _ = _scan_chunk(tl.exp(dtv * A[None, None, :]), bx, h0, R, NJ)
+            store_d = m3 & first_k                                      # one state per channel
+            if HAS_Z:
+                y0 = _sum_states(hs * Cv, R, NJ, BD, NP)
+                if HAS_D:
+                    y0 = y0 + Dv[None, None, :] * u
+                dzv = dy * y0 * zs * (1.0 + zv * (1.0 - zs))
+                bz, oz, iz = _line(sdz[2], sdz[3], col, rev, n_outer, n_inner)
+                tl.store(dz_ptr + b64 * sdz[0] + _off(d * sdz[1], bz, oz, iz, o, ii),
+                         dzv.to(dz_ptr.dtype.element_ty), mask=store_d)
+            ta = dhs * (hs - bx)                                         # dh_t a_t h_{t-1}
+            dhB = dhs * Bv
+            ddt = _sum_states(dhB * u + ta * A[None, None, :], R, NJ, BD, NP)
+            du = _sum_states(dhB, R, NJ, BD, NP) * dtv
+            if HAS_D:
+                du = du + Dv[None, None, :] * gy
+                dD_acc += tl.sum(gy * u, axis=0)
+            dA_acc += tl.sum(ta * dtv, axis=0)
+            if SOFTPLUS:
+                ddt = ddt * tl.where(dtx > 20.0, 1.0, _sigmoid(dtx))
+            ddt = tl.where(m3, ddt, 0.0)
+            dbias_acc += tl.sum(ddt, axis=0)
+            bdu, odu, idu = _line(sdu[2], sdu[3], col, rev, n_outer, n_inner)
+            tl.store(du_ptr + b64 * sdu[0] + _off(d * sdu[1], bdu, odu, idu, o, ii),
+                     du.to(du_ptr.dtype.element_ty), mask=store_d)
+            bdd, odd, idd = _line(sddt[2], sddt[3], col, rev, n_outer, n_inner)
+            tl.store(ddt_ptr + b64 * sddt[0] + _off(d * sddt[1], bdd, odd, idd, o, ii),
+                     ddt.to(ddt_ptr.dtype.element_ty), mask=store_d)
+            # dB, dC: reduced over the tile's channels, one value per (step, state)
+            mbc = valid[:, :, None] & (nn < N)[None, None, :]
+            bdb, odb, idb = _line(sdb[3], sdb[4], col, rev, n_outer, n_inner)
+            off_db = b64 * sdb[0] + _off(g * sdb[1] + nn * sdb[2], bdb, odb, idb, o, ii)
+            dBt = _sum_channels(dhs * (dtv * u), R, NJ, BD, NP)
+            if ATOMIC_BC:
+                tl.atomic_add(dB_ptr + off_db, dBt, mask=mbc)
+            else:
+                tl.store(dB_ptr + off_db, dBt.to(dB_ptr.dtype.element_ty), mask=mbc)
+            if not STATES:
+                bdc, odc, idc = _line(sdc[3], sdc[4], col, rev, n_outer, n_inner)
+                off_dc = b64 * sdc[0] + _off(g * sdc[1] + nn * sdc[2], bdc, odc, idc, o, ii)
+                dCt = _sum_channels(hs * gy, R, NJ, BD, NP)
+                if ATOMIC_BC:
+                    tl.atomic_add(dC_ptr + off_dc, dCt, mask=mbc)
+                else:
+                    tl.store(dC_ptr + off_dc, dCt.to(dC_ptr.dtype.element_ty), mask=mbc)
+    if SUMMARY:
+        soff = ((b * dim + d) * NSEG + seg) * N + nk
+        tl.store(sq_ptr + soff, q_seg, mask=kmask)
+        tl.store(sg_ptr + soff, dh, mask=kmask)
     else:
-        _bwd_body(*args, BD, NP, BO_C, BI_C, True, True, *flags)
+        poff = (b * NSEG + seg) * dim + d
+        tl.store(dA_ptr + poff * N + nk, tl.sum(dA_acc, axis=0), mask=kmask)
+        first = kmask & (nk == 0)
+        tl.store(dD_ptr + poff, tl.sum(dD_acc, axis=0), mask=first)
+        tl.store(dbias_ptr + poff, tl.sum(dbias_acc, axis=0), mask=first)
 
 
 # --------------------------------------------------------------------------- host side
@@ -616,6 +610,32 @@ def _vec(t: Optional[torch.Tensor], like: torch.Tensor) -> torch.Tensor:
 
 def _device_ctx(t: torch.Tensor):
     return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
+
+
+def _check_item_size(*tensors: Optional[torch.Tensor]) -> None:
+    """Offsets within one batch item are 32-bit in the kernels."""
+    for t in tensors:
+        if t is not None and t.dim() > 0 and t.shape[0] and (t.numel() // t.shape[0]) >= 2 ** 31:
+            raise ValueError(f'selective scan: one batch item of a {tuple(t.shape)} tensor has '
+                             '>= 2**31 elements; the Triton kernels index items with 32 bits')
+
+
+def pack_directions(codes: Sequence[int]) -> int:
+    """Direction codes as one int32 kernel argument, 2 bits per group.
+
+    A scalar, not a device tensor: building a CUDA tensor from a host list
+    is a blocking copy that would synchronise the stream at every call.
+    Group g reads the code of group ``g % 16``, so more than 16 groups need
+    a direction pattern that repeats every 16 groups (e.g. all the same).
+    """
+    if any(c != codes[i % 16] for i, c in enumerate(codes)):
+        raise ValueError(f'directions: with more than 16 groups the Triton kernels need the '
+                         f'directions to repeat every 16 groups, got {len(codes)} groups '
+                         f'{list(codes)}')
+    bits = 0
+    for i, c in enumerate(codes[:16]):
+        bits |= int(c) << (2 * i)
+    return bits - (1 << 32) if bits >= 1 << 31 else bits
 
 
 def ckpt_shape(u: torch.Tensor, B: torch.Tensor, codes: Sequence[int]) -> Tuple[int, ...]:
@@ -645,9 +665,10 @@ def selective_scan_2d_fwd_triton(u, delta, A, B, C, codes: List[int], D=None, z=
     else:
         y = torch.empty_like(u)
         y_strides = (y.stride(0), y.stride(1), 0, y.stride(2), y.stride(3))
+    _check_item_size(u, delta, z, y, B, C)
     last = u.new_empty((batch, dim, n_state), dtype=torch.float32)
     ckpt = u.new_empty((batch, dim, cfg['NCH'], n_state), dtype=torch.float32)
-    dirs = torch.tensor(codes, dtype=torch.int32, device=u.device)
+    dirs = pack_directions(codes)
     A32 = _vec(A, None)
     D32, bias32 = _vec(D, A32), _vec(delta_bias, A32)
     nseg = cfg['NSEG']
@@ -655,8 +676,7 @@ def selective_scan_2d_fwd_triton(u, delta, A, B, C, codes: List[int], D=None, z=
             else (last, last))
     grid = (groups * cfg['N_DT'], batch, nseg)
     zz = z if z is not None else u
-    common = dict(BD=cfg['BD'], NP=cfg['NP'], BO_R=cfg['BO_R'], BI_R=cfg['BI_R'],
-                  BO_C=cfg['BO_C'], BI_C=cfg['BI_C'], HAS_D=D is not None,
+    common = dict(BD=cfg['BD'], NP=cfg['NP'], R=cfg['R'], NJ=cfg['NJ'], HAS_D=D is not None,
                   HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
                   SOFTPLUS=bool(delta_softplus), num_warps=cfg['num_warps'])
     with _device_ctx(u):
@@ -690,7 +710,7 @@ def selective_scan_2d_bwd_triton(dy, dlast, u, delta, A, B, C, codes: List[int],
     cfg = scan_config(batch, dim, groups, n_state, height, width, codes, u.is_cuda)
     nseg = cfg['NSEG']
     atomic = cfg['N_DT'] > 1
-    dirs = torch.tensor(codes, dtype=torch.int32, device=u.device)
+    dirs = pack_directions(codes)
     A32 = _vec(A, None)
     D32, bias32 = _vec(D, A32), _vec(delta_bias, A32)
     du, ddt = torch.empty_like(u), torch.empty_like(delta)
@@ -702,6 +722,7 @@ def selective_scan_2d_bwd_triton(dy, dlast, u, delta, A, B, C, codes: List[int],
         dB, dC = torch.empty_like(B), None if states else torch.empty_like(C)
     dy_strides = (dy.stride() if states
                   else (dy.stride(0), dy.stride(1), 0, dy.stride(2), dy.stride(3)))
+    _check_item_size(dy, u, delta, z, B, C)
     dA_p = u.new_empty((batch * nseg, dim, n_state), dtype=torch.float32)
     dD_p = u.new_empty((batch * nseg, dim), dtype=torch.float32)
     dbias_p = u.new_empty((batch * nseg, dim), dtype=torch.float32)
@@ -711,11 +732,10 @@ def selective_scan_2d_bwd_triton(dy, dlast, u, delta, A, B, C, codes: List[int],
     dzz = dz if dz is not None else du
     dl = dlast.contiguous() if dlast is not None else dA_p
     grid = (groups * cfg['N_DT'], batch, nseg)
-    common = dict(BD=cfg['BD'], NP=cfg['NP'], BO_R=cfg['BO_R'], BI_R=cfg['BI_R'],
-                  BO_C=cfg['BO_C'], BI_C=cfg['BI_C'], HAS_D=D is not None,
+    common = dict(BD=cfg['BD'], NP=cfg['NP'], R=cfg['R'], NJ=cfg['NJ'], HAS_D=D is not None,
                   HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
                   SOFTPLUS=bool(delta_softplus), HAS_DLAST=dlast is not None,
-                  ATOMIC_BC=atomic, num_warps=cfg['num_warps'])
+                  ATOMIC_BC=atomic, num_warps=cfg['num_warps_bwd'])
     with _device_ctx(u):
         for summary in ((True, False) if nseg > 1 else (False,)):
             _bwd_kernel[grid](

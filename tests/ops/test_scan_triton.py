@@ -51,8 +51,9 @@ def test_kernels_match_reference(case, kernel_device):
 
 @pytest.mark.parametrize('length', [1, 15, 16, 17, 37])
 def test_chunk_boundaries_1d(length, kernel_device, scan_override):
-    """1D scans whose length straddles the chunk (BT = 16) boundary."""
-    scan_override(BT=16, BD=4)
+    """1D scans whose length straddles the chunk boundary (4 runs of 4 steps)
+    and ends inside a padded run."""
+    scan_override(R=4, NJ=4, BD=4)
     inp = make_inputs(2, 4, 1, 1, 1, length, device=kernel_device, seed=length)
     _check(inp, ('lr',), True)
 
@@ -60,7 +61,7 @@ def test_chunk_boundaries_1d(length, kernel_device, scan_override):
 @pytest.mark.parametrize('cps', [1, 2])
 def test_split_path(cps, kernel_device, scan_override):
     """Segments of 1-2 chunks run by different programs (summary + carry)."""
-    scan_override(BT=16, BD=4, CPS=cps)
+    scan_override(R=2, NJ=2, BD=4, CPS=cps)
     inp = make_inputs(1, 8, 4, 2 if cps == 2 else 1, 4, 5, device=kernel_device, seed=cps)
     _check(inp, ('lr', 'tb', 'rl', 'bt'), True)
 
@@ -79,7 +80,7 @@ STATE_CASES = [
 def test_states_mode_matches_reference(case, kernel_device, scan_override):
     batch, dim, groups, n, h, w, dirs, cps = case
     if cps is not None:
-        scan_override(BT=16, BD=4, CPS=cps)
+        scan_override(R=2, NJ=2, BD=4, CPS=cps)
     inp = make_inputs(batch, dim, groups, n, h, w, device=kernel_device, seed=n + h)
     _check(inp, dirs, True, states=True)
 
@@ -130,3 +131,22 @@ def test_default_gpu_tiles(shape, request):
         pytest.skip('no CUDA')
     inp = make_inputs(*shape, device='cuda')
     _check(inp, ('lr', 'tb', 'rl', 'bt')[:shape[2]], True)
+
+
+def test_pack_directions():
+    """Direction codes travel as one int32 argument, 2 bits per group (a
+    device tensor built from a list would synchronise the stream per call)."""
+    from mmgroupmamba.ops.triton_scan import pack_directions
+    codes = [0, 1, 2, 3] * 4                       # 16 groups, top bits set
+    bits = pack_directions(codes)
+    assert -2 ** 31 <= bits < 2 ** 31
+    assert [(bits >> (2 * g)) & 3 for g in range(16)] == codes
+    assert pack_directions([3] * 40) == pack_directions([3] * 16)   # repeats every 16
+    with pytest.raises(ValueError, match='directions'):
+        pack_directions([0] * 16 + [1])
+
+
+def test_many_groups_one_direction(kernel_device):
+    """More than 16 groups (the 1D grouped op), one shared direction."""
+    inp = make_inputs(1, 18, 18, 1, 1, 6, device=kernel_device, seed=3)
+    _check(inp, ('lr',) * 18, True)
