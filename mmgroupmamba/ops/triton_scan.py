@@ -29,6 +29,12 @@ Per chunk the recurrence ``h_t = a_t h_{t-1} + b_t`` (``a = exp(delta A)``,
    at its start without a shift or a division;
 3. the chunk's carry: the last run's inclusive value.
 
+The chunk loop is a serial chain (each chunk needs the previous carry), so
+the next chunk's inputs are loaded before the current chunk is scanned:
+their memory latency overlaps the work. (A single-pass decoupled look-back,
+one program per chunk, was measured slower overall on an H100; see
+docs/benchmarks.md.)
+
 Decays are only ever multiplied (in (0, 1]), never formed as exp of a
 cumulative sum and divided, so nothing overflows.
 

@@ -150,3 +150,13 @@ def test_many_groups_one_direction(kernel_device):
     """More than 16 groups (the 1D grouped op), one shared direction."""
     inp = make_inputs(1, 18, 18, 1, 1, 6, device=kernel_device, seed=3)
     _check(inp, ('lr',) * 18, True)
+
+
+def test_item_size_guard():
+    """Offsets within a batch item are 32-bit in the kernels: a larger item is
+    refused with a clear error instead of wrapping around (shapes only, so a
+    meta tensor stands in for the 8 GiB map)."""
+    from mmgroupmamba.ops.triton_scan import _check_item_size
+    _check_item_size(torch.empty((4, 2 ** 31 - 1), device='meta'), None)
+    with pytest.raises(ValueError, match='2\\*\\*31'):
+        _check_item_size(torch.empty((1, 64, 2 ** 25), device='meta'))
