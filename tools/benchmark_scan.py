@@ -150,9 +150,7 @@ def ref_times(t: Dict, compiled: bool) -> Dict[str, Optional[float]]:
 
     def bwd():
         torch.autograd.grad(y, list(leaves.values()), dy, retain_graph=True)
-    out = {'fwd': bench(fwd), 'bwd': bench(bwd)}
-    del y
-    return out
+    return {'fwd': bench(fwd), 'bwd': bench(bwd)}
 
 
 def main() -> None:
@@ -188,8 +186,8 @@ def main() -> None:
             for cfg in configs]
     if args.warm_parallel:
         extra = [a for a in sys.argv[1:] if a != '--warm-parallel']
-        procs = [subprocess.Popen([sys.executable, __file__, *extra, '--only', str(i), '--warm-only'])
-                 for i in range(len(jobs))]
+        procs = [subprocess.Popen([sys.executable, __file__, *extra, '--only', str(i),
+                                   '--warm-only']) for i in range(len(jobs))]
         for p in procs:
             p.wait()
     if args.only is not None:
@@ -283,7 +281,8 @@ def main() -> None:
             f"| {r['fwd_us']:.1f} | {r['bwd_us']:.1f} "
             f"| {r['fwd_us_with_launch']:.0f} / {r['bwd_us_with_launch']:.0f} "
             f"| {r['fwd_floor_us']:.0f} / {r['bwd_floor_us']:.0f} "
-            f"| {r['fwd_GBps']:.0f} ({r['fwd_frac']:.0%}) | {r['bwd_GBps']:.0f} ({r['bwd_frac']:.0%}) "
+            f"| {r['fwd_GBps']:.0f} ({r['fwd_frac']:.0%}) "
+            f"| {r['bwd_GBps']:.0f} ({r['bwd_frac']:.0%}) "
             f"| {off} | {fmt(r.get('ref'))} | {fmt(r.get('compiled_ref'))} "
             f"| {fmt(r.get('fusion_path'))} |")
     text = '\n'.join(lines)
