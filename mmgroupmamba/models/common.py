@@ -36,6 +36,22 @@ def at_least_fp32(t: torch.Tensor) -> torch.Tensor:
     return t if t.dtype == torch.float64 else t.float()
 
 
+def init_linear_norm_(m: nn.Module) -> bool:
+    """timm's ``_init_weights`` for Linear (trunc_normal std 0.02, bias 0)
+    and LayerNorm (1 / 0), the part both official codebases share. Returns
+    whether ``m`` was one of them."""
+    if isinstance(m, nn.Linear):
+        nn.init.trunc_normal_(m.weight, std=0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.LayerNorm):
+        nn.init.ones_(m.weight)
+        nn.init.zeros_(m.bias)
+    else:
+        return False
+    return True
+
+
 def drop_path_rates(rate: float, depths: Sequence[int]) -> List[float]:
     """Linear 0 -> ``rate`` over all blocks (as ``torch.linspace``)."""
     total = sum(depths)

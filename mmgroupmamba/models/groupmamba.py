@@ -27,7 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..ops import selective_scan_2d
-from .common import (DropPath, StagedBackbone, at_least_fp32, drop_path_rates,
+from .common import (DropPath, StagedBackbone, at_least_fp32, drop_path_rates, init_linear_norm_,
                      load_classifier_state, run_blocks)
 
 __all__ = [
@@ -124,14 +124,9 @@ def _init_conv(conv: nn.Conv2d) -> None:
 def _init_generic(module: nn.Module) -> None:
     """Linear: trunc_normal(0.02), bias 0; LayerNorm: 1/0; Conv2d: normal(0,
     sqrt(2 / fan_out)), bias 0; BatchNorm: 1/0 and fresh running stats."""
-    if isinstance(module, nn.Linear):
-        nn.init.trunc_normal_(module.weight, std=0.02)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
-    elif isinstance(module, nn.LayerNorm):
-        nn.init.ones_(module.weight)
-        nn.init.zeros_(module.bias)
-    elif isinstance(module, nn.Conv2d):
+    if init_linear_norm_(module):
+        return
+    if isinstance(module, nn.Conv2d):
         _init_conv(module)
     elif isinstance(module, nn.BatchNorm2d):
         module.reset_parameters()

@@ -31,7 +31,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..ops import selective_scan_2d
-from .common import (DropPath, StagedBackbone, at_least_fp32, drop_path_rates,
+from .common import (DropPath, StagedBackbone, at_least_fp32, drop_path_rates, init_linear_norm_,
                      load_classifier_state, run_blocks)
 
 __all__ = [
@@ -346,14 +346,9 @@ def official_init_(module: nn.Module) -> None:
     1/0, the SSM's own parameters as Mamba; convs and BatchNorms keep
     PyTorch's defaults (upstream does not touch them)."""
     for m in module.modules():
-        if isinstance(m, nn.Linear):
-            nn.init.trunc_normal_(m.weight, std=0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.LayerNorm):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-        elif isinstance(m, (nn.Conv2d, nn.BatchNorm2d)):
+        if init_linear_norm_(m):
+            continue
+        if isinstance(m, (nn.Conv2d, nn.BatchNorm2d)):
             m.reset_parameters()
         elif isinstance(m, StructureAwareSSM):
             m.reset_ssm_parameters()

@@ -13,6 +13,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from model_utils import randomize
 
 from mmgroupmamba.models import GroupMamba, GroupMambaClassifier, convert_official_state_dict
 from mmgroupmamba.models.groupmamba import GroupedDirectionalSSM
@@ -215,31 +216,6 @@ class RefGroupMamba(nn.Module):
         x = getattr(self, f'norm{self.n}')(self.post_network[0](x)[:, 0])
         a, d = self.head(x), self.dist_head(x)
         return (a, d) if self.training else (a + d) / 2
-
-
-@torch.no_grad()
-def randomize(model, seed=0):
-    """Non-trivial values everywhere (so that every mapping error shows)."""
-    g = torch.Generator().manual_seed(seed)
-    for name, p in model.named_parameters():
-        r = torch.randn(p.shape, generator=g)
-        if name.endswith('A_logs'):
-            p.copy_(0.5 * r)
-        elif name.endswith('dt_projs_bias'):
-            p.copy_(0.5 * r - 2.0)
-        elif name.endswith(('Ds', 'skip_scale')) or (p.dim() == 1 and name.endswith('weight')):
-            p.copy_(1.0 + 0.2 * r)                      # D, gate, LayerNorm/BatchNorm scales
-        elif p.dim() == 1:
-            p.copy_(0.1 * r)
-        else:
-            fan_in = p[0].numel() if p.dim() > 1 else 1
-            p.copy_(r / math.sqrt(fan_in))
-    for name, bf in model.named_buffers():
-        if name.endswith('running_mean'):
-            bf.copy_(0.1 * torch.randn(bf.shape, generator=g))
-        elif name.endswith('running_var'):
-            bf.copy_(1.0 + 0.2 * torch.rand(bf.shape, generator=g))
-    return model
 
 
 def rel_err(a, b):

@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from model_utils import randomize as randomize_model
 
 from mmgroupmamba.models import SpatialMamba, SpatialMambaClassifier, create_model
 from mmgroupmamba.models.spatialmamba import StateFusion, StructureAwareSSM
@@ -28,33 +29,13 @@ def rel_err(a, b):
     return ((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item()
 
 
-@torch.no_grad()
 def randomize(model, seed=0):
-    """Non-trivial values for every parameter and BN buffer (the fusion
-    kernels and alpha init to ones, A_logs to 0, Ds to 1)."""
-    g = torch.Generator().manual_seed(seed)
-    for name, p in model.named_parameters():
-        r = torch.randn(p.shape, generator=g, dtype=torch.float64).to(p.dtype)
-        if name.endswith('A_logs'):
-            p.copy_(0.5 * r)
-        elif name.endswith('dt_projs_bias'):
-            p.copy_(0.5 * r - 2.0)
-        elif name.endswith('alpha'):
-            p.copy_(1.0 + 0.5 * r)
-        elif name.endswith(('kernel_3', 'kernel_3_1', 'kernel_3_2')):
-            p.copy_(r / 3.0)
-        elif name.endswith('Ds') or (p.dim() == 1 and name.endswith('weight')):
-            p.copy_(1.0 + 0.2 * r)
-        elif p.dim() == 1:
-            p.copy_(0.1 * r)
-        else:
-            p.copy_(r / math.sqrt(p[0].numel()))
-    for name, b in model.named_buffers():
-        if name.endswith('running_mean'):
-            b.copy_(0.1 * torch.randn(b.shape, generator=g))
-        elif name.endswith('running_var'):
-            b.copy_(1.0 + 0.2 * torch.rand(b.shape, generator=g))
-    return model
+    """Non-trivial values everywhere; the fusion kernels and alpha (which
+    init to ones) get their own scales."""
+    return randomize_model(model, seed, rules=(
+        (('alpha',), lambda r: 1.0 + 0.5 * r),
+        (('kernel_3', 'kernel_3_1', 'kernel_3_2'), lambda r: r / 3.0),
+    ))
 
 
 # --------------------------------------------------------------------------
