@@ -2,7 +2,7 @@
 per module kind, counted on any device (CPU works).
 
     python tools/activation_memory.py [--models groupmamba_tiny ...] [--batch 2] [--size 224]
-                                      [--amp] [--with-cp] [--scale-to 128]
+                                      [--amp] [--with-cp 1 [0 0 0]] [--scale-to 128]
 
 One training forward (fp32, or autocast with ``--amp``: fp16 on CUDA, bf16 on
 the CPU, both 2 bytes) under ``torch.autograd.graph.saved_tensors_hooks``:
@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 import mmgroupmamba
+from benchmark_model import with_cp_flags
 
 
 def saved_bytes_by_module(model: torch.nn.Module, x: torch.Tensor, amp: bool) -> Dict[str, int]:
@@ -68,7 +69,8 @@ def main() -> None:
     parser.add_argument('--batch', type=int, default=2)
     parser.add_argument('--size', type=int, default=224)
     parser.add_argument('--amp', action='store_true')
-    parser.add_argument('--with-cp', action='store_true', help='activation checkpointing per block')
+    parser.add_argument('--with-cp', nargs='+', default=['0'], metavar='0|1',
+                        help='activation checkpointing: one flag for all stages or one per stage')
     parser.add_argument('--scale-to', type=int, default=128)
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     args = parser.parse_args()
@@ -76,13 +78,14 @@ def main() -> None:
     for name in args.models:
         torch.manual_seed(0)
         kwargs = dict(distillation=True) if name.startswith('groupmamba') else {}
-        model = mmgroupmamba.create_model(name, with_cp=args.with_cp, **kwargs).to(args.device)
+        with_cp = with_cp_flags(args.with_cp)
+        model = mmgroupmamba.create_model(name, with_cp=with_cp, **kwargs).to(args.device)
         model.train()
         x = torch.randn(args.batch, 3, args.size, args.size, device=args.device,
-                        requires_grad=args.with_cp)  # checkpointing needs a grad path
+                        requires_grad=bool(with_cp))  # checkpointing needs a grad path
         by_kind = saved_bytes_by_module(model, x, args.amp)
         total = sum(by_kind.values())
-        print(f"\n{name} ({'AMP' if args.amp else 'fp32'}{', with_cp' if args.with_cp else ''}): "
+        print(f"\n{name} ({'AMP' if args.amp else 'fp32'}{f', with_cp={with_cp}' if with_cp else ''}): "
               f'{total / args.batch / 2**20:.1f} MiB saved per image, '
               f'{total * scale / 2**30:.2f} GiB at batch {args.scale_to}')
         print('| module kind | GiB at batch %d | share |\n|---|---|---|' % args.scale_to)

@@ -1,7 +1,7 @@
 """Throughput and peak memory of GroupMamba / Spatial-Mamba T/S/B on a GPU (the issue's protocol).
 
     python tools/benchmark_model.py [--models groupmamba_tiny spatialmamba_tiny ...] [--batch 128] [--size 224]
-           [--modes infer_fp32 infer_amp train_amp] [--compile] [--json OUT]
+           [--modes infer_fp32 infer_amp train_amp] [--compile] [--with-cp 1 0 0 0] [--json OUT]
 
 Per model and mode: images/s over ``--iters`` timed steps after ``--warmup``
 steps (CUDA events, synchronised), and the peak allocated GPU memory of that
@@ -10,12 +10,14 @@ AdamW step with the cross-entropy of the head (GroupMamba: averaged with the
 dist head's; the distillation teacher / MESA EMA model is not part of the
 student's cost and is left out, as in the anchor).
 AMP is fp16 autocast with a GradScaler, as the official training.
+``--with-cp`` turns on activation checkpointing (the backbone's ``with_cp``):
+one flag for all stages or one per stage.
 """
 import argparse
 import json
 import sys
 import time
-from typing import Callable
+from typing import Callable, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -37,11 +39,17 @@ def _timed(step, warmup: int, iters: int) -> float:
     return start.elapsed_time(end) / 1000 / iters
 
 
-def build(name: str, compile_model: bool):
+def with_cp_flags(values: Sequence[int]) -> Union[bool, Tuple[bool, ...]]:
+    """``--with-cp`` values (0/1): one for all stages, or one per stage."""
+    flags = tuple(bool(int(v)) for v in values)
+    return flags[0] if len(flags) == 1 else flags
+
+
+def build(name: str, compile_model: bool, with_cp: Union[bool, Tuple[bool, ...]] = False):
     """(eager model, the model to run: compiled or the same), on the GPU, seeded."""
     torch.manual_seed(0)
     kwargs = dict(distillation=True) if name.startswith('groupmamba') else {}
-    eager = mmgroupmamba.create_model(name, num_classes=1000, **kwargs).cuda()
+    eager = mmgroupmamba.create_model(name, num_classes=1000, with_cp=with_cp, **kwargs).cuda()
     return eager, (torch.compile(eager) if compile_model else eager)
 
 
@@ -79,8 +87,8 @@ def _logits(out) -> torch.Tensor:
 
 
 def bench(name: str, mode: str, batch: int, size: int, warmup: int, iters: int,
-          compile_model: bool) -> dict:
-    eager, model = build(name, compile_model)
+          compile_model: bool, with_cp: Union[bool, Tuple[bool, ...]] = False) -> dict:
+    eager, model = build(name, compile_model, with_cp)
     x = torch.randn(batch, 3, size, size, device='cuda')
     check = None
     if compile_model and mode.startswith('infer'):
@@ -99,6 +107,7 @@ def bench(name: str, mode: str, batch: int, size: int, warmup: int, iters: int,
     first = time.perf_counter() - t0
     sec = _timed(step, warmup, iters)
     return dict(model=name, mode=mode, batch=batch, size=size, compiled=compile_model,
+                with_cp=with_cp,
                 img_per_s=batch / sec, peak_gib=torch.cuda.max_memory_allocated() / 2**30,
                 first_step_s=first, rel_err_vs_eager=check)
 
@@ -113,6 +122,8 @@ def main() -> None:
     parser.add_argument('--warmup', type=int, default=10)
     parser.add_argument('--iters', type=int, default=30)
     parser.add_argument('--compile', action='store_true', help='torch.compile the model')
+    parser.add_argument('--with-cp', nargs='+', default=['0'], metavar='0|1',
+                        help='activation checkpointing: one flag for all stages or one per stage')
     parser.add_argument('--json', help='also write the rows to this file')
     args = parser.parse_args()
     if not torch.cuda.is_available():
@@ -124,11 +135,13 @@ def main() -> None:
     print('|---|---|---|---|---|---|---|')
     for name in args.models:
         for mode in args.modes:
-            row = bench(name, mode, args.batch, args.size, args.warmup, args.iters, args.compile)
+            row = bench(name, mode, args.batch, args.size, args.warmup, args.iters, args.compile,
+                        with_cp_flags(args.with_cp))
             rows.append(row)
             err = row['rel_err_vs_eager']
             err = '–' if err is None else f'{err:.1e}'
-            print(f"| {name} | {mode}{' (compiled)' if args.compile else ''} | {args.batch} | "
+            cp = f", with_cp={row['with_cp']}" if row['with_cp'] else ''
+            print(f"| {name} | {mode}{' (compiled)' if args.compile else ''}{cp} | {args.batch} | "
                   f"{row['img_per_s']:.0f} | {row['peak_gib']:.1f} | {row['first_step_s']:.1f} | "
                   f'{err} |', flush=True)
     if args.json:

@@ -78,7 +78,7 @@ class StagedBackbone(nn.Module):
     """
 
     def __init__(self, num_stages: int, in_channels: int, out_indices: Union[int, Sequence[int]],
-                 frozen_stages: int, norm_eval: bool, with_cp: bool,
+                 frozen_stages: int, norm_eval: bool, with_cp: Union[bool, Sequence[bool]],
                  init_cfg: Optional[Mapping]):
         super().__init__()
         n = num_stages
@@ -98,12 +98,19 @@ class StagedBackbone(nn.Module):
             raise ValueError(f'in_channels: expected a positive int, got {in_channels!r}')
         if init_cfg is not None and not isinstance(init_cfg, Mapping):
             raise TypeError(f'init_cfg: expected None or a dict, got {type(init_cfg).__name__}')
+        if isinstance(with_cp, bool):
+            with_cp = (with_cp,) * n
+        elif (isinstance(with_cp, (str, bytes)) or not isinstance(with_cp, Sequence)
+              or len(with_cp) != n or not all(isinstance(f, bool) for f in with_cp)):
+            raise ValueError(f'with_cp: expected a bool or one bool per stage ({n} stages), '
+                             f'got {with_cp!r}')
         self.num_stages = n
         self.out_indices: Tuple[int, ...] = tuple(sorted(set(idx)))
         self.in_channels = in_channels
         self.frozen_stages = frozen_stages
         self.norm_eval = norm_eval
-        self.with_cp = with_cp
+        #: activation checkpointing, one flag per stage
+        self.with_cp: Tuple[bool, ...] = tuple(with_cp)
         self.init_cfg = dict(init_cfg) if init_cfg is not None else None
 
     def _check_input(self, x: torch.Tensor) -> None:

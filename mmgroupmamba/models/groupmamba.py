@@ -299,12 +299,15 @@ class GroupedDirectionalSSM(nn.Module):
         x_dbl = torch.einsum('bhwgd,gkd->bhwgk', xs.reshape(b, h, w, G, c), self.x_proj_weight)
         dts, Bs, Cs = x_dbl.split([R, N, N], dim=-1)                 # (b,h,w,G,R|N|N)
         delta = torch.einsum('bhwgr,gdr->bhwgd', dts, self.dt_projs_weight).reshape(b, h, w, dim)
-        # The scan runs in float32 at least (as upstream's force_fp32).
+        # The scan computes in float32 and returns float32 y (as upstream's
+        # force_fp32); its map inputs stay in their (autocast) dtype: the
+        # kernel upcasts on load, the same values without float32 copies.
         f32 = at_least_fp32
         y = selective_scan_2d(
-            f32(xs), f32(delta), -torch.exp(f32(self.A_logs)), f32(Bs), f32(Cs), self.directions,
+            xs, delta, -torch.exp(f32(self.A_logs)), Bs, Cs, self.directions,
             D=f32(self.Ds), delta_bias=f32(self.dt_projs_bias.reshape(-1)),
-            delta_softplus=True, channels_last=True)                   # (b,h,w,C), >= fp32
+            delta_softplus=True, channels_last=True,
+            out_dtype=torch.promote_types(xs.dtype, torch.float32))  # (b,h,w,C), >= fp32
         y = self.out_norm(y).to(xs.dtype) * z
         out = torch.einsum('bhwgi,goi->bhwgo', y.reshape(b, h, w, G, c), self.out_proj_weight)
         return out.reshape(b, h, w, dim)
@@ -639,7 +642,10 @@ class GroupMamba(StagedBackbone):
         norm_eval: keep the (stem) BatchNorms in eval mode while training.
         drop_path_rate: stochastic depth, linear from 0 over all blocks
             (0.05 in the official training script, for T, S and B).
-        with_cp: activation checkpointing per block while training.
+        with_cp: activation checkpointing per block while training: a bool
+            for all stages, or one bool per stage (e.g. ``(True, False,
+            False, False)``: only the high-resolution stage 0, whose
+            activations are the largest, recomputes its blocks).
         out_norm: LayerNorm every returned map. Stages 0..n-2 always end in
             their official norm ``norm{i+1}`` (eps 1e-6, on the main path,
             pretrained), so their outputs are normed in any case; with
@@ -664,8 +670,8 @@ class GroupMamba(StagedBackbone):
 
     def __init__(self, arch: Union[str, Mapping] = 'tiny', in_channels: int = 3,
                  out_indices: Sequence[int] = (0, 1, 2, 3), frozen_stages: int = -1,
-                 norm_eval: bool = False, drop_path_rate: float = 0.05, with_cp: bool = False,
-                 out_norm: bool = True, init_cfg: Optional[Mapping] = None):
+                 norm_eval: bool = False, drop_path_rate: float = 0.05,
+                 with_cp: Union[bool, Sequence[bool]] = False, out_norm: bool = True, init_cfg: Optional[Mapping] = None):
         arch = resolve_arch(arch)
         dims, depths = arch['embed_dims'], arch['depths']
         super().__init__(len(dims), in_channels, out_indices, frozen_stages, norm_eval, with_cp,
@@ -684,7 +690,8 @@ class GroupMamba(StagedBackbone):
             self.stages.append(GroupMambaStage(
                 None if i == 0 else dims[i - 1], dims[i], depths[i], self.arch['mlp_ratios'][i],
                 dpr[cur:cur + depths[i]],
-                with_norm=(not last) or (out_norm and i in self.out_indices), with_cp=with_cp))
+                with_norm=(not last) or (out_norm and i in self.out_indices),
+                with_cp=self.with_cp[i]))
             cur += depths[i]
         official_init_(self)
         self._freeze_stages()
@@ -816,7 +823,7 @@ class GroupMambaClassifier(nn.Module):
 
     def __init__(self, arch: Union[str, Mapping] = 'tiny', num_classes: int = 1000,
                  distillation: bool = True, drop_path_rate: float = 0.05,
-                 with_cp: bool = False, in_channels: int = 3):
+                 with_cp: Union[bool, Sequence[bool]] = False, in_channels: int = 3):
         super().__init__()
         self.backbone = GroupMamba(arch, in_channels=in_channels, out_indices=(-1,),
                                    drop_path_rate=drop_path_rate, with_cp=with_cp,

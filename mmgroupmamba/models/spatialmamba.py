@@ -418,7 +418,8 @@ class SpatialMamba(StagedBackbone):
         drop_path_rate: stochastic depth, linear from 0 over all blocks; None
             takes the official recipe's rate of the arch (0.2 / 0.3 / 0.5).
         d_state: SSM state size (1 in every official model).
-        with_cp: activation checkpointing per block.
+        with_cp: activation checkpointing per block: a bool for all
+            stages, or one bool per stage.
         init_cfg: None (upstream's random init) or ``dict(type='Pretrained',
             checkpoint=path, prefix=None)``: our checkpoints or upstream ones
             (classification or dense, auto-detected); output norms the
@@ -432,7 +433,8 @@ class SpatialMamba(StagedBackbone):
     def __init__(self, arch: Union[str, Mapping] = 'tiny', in_channels: int = 3,
                  out_indices: Sequence[int] = (0, 1, 2, 3), frozen_stages: int = -1,
                  norm_eval: bool = False, drop_path_rate: Optional[float] = None,
-                 d_state: int = 1, with_cp: bool = False, init_cfg: Optional[Mapping] = None):
+                 d_state: int = 1, with_cp: Union[bool, Sequence[bool]] = False,
+                 init_cfg: Optional[Mapping] = None):
         arch = resolve_arch(arch)
         dims, depths = arch['embed_dims'], arch['depths']
         super().__init__(len(dims), in_channels, out_indices, frozen_stages, norm_eval, with_cp,
@@ -451,7 +453,8 @@ class SpatialMamba(StagedBackbone):
                 raise ValueError(f"arch['embed_dims']: each stage doubles the width (the "
                                  f'downsampling maps C to 2C), got {dims}')
             self.layers.append(SpatialMambaStage(dim, depth, dpr[cur:cur + depth], 4.0, d_state,
-                                                 downsample=i + 1 < len(dims), with_cp=with_cp))
+                                                 downsample=i + 1 < len(dims),
+                                                 with_cp=self.with_cp[i]))
             cur += depth
         for i in self.out_indices:
             self.add_module(f'outnorm{i}', nn.LayerNorm(dims[i]))
@@ -498,7 +501,8 @@ class SpatialMambaClassifier(nn.Module):
     """
 
     def __init__(self, arch: Union[str, Mapping] = 'tiny', num_classes: int = 1000,
-                 drop_path_rate: Optional[float] = None, with_cp: bool = False,
+                 drop_path_rate: Optional[float] = None,
+                 with_cp: Union[bool, Sequence[bool]] = False,
                  in_channels: int = 3):
         super().__init__()
         self.backbone = SpatialMamba(arch, in_channels=in_channels, out_indices=(-1,),

@@ -4,11 +4,11 @@ Two ops, so that autograd, ``torch.compile`` (fake kernels, no graph breaks)
 and ``FlopCounterMode`` all see one opaque node per scan:
 
 * ``mmgroupmamba::selective_scan_2d_fwd(u, delta, A, B, C?, D?, z?, delta_bias?,
-  directions, delta_softplus, use_triton) -> (y, last_state, ckpt)``
+  directions, delta_softplus, use_triton, out_dtype?) -> (y, last_state, ckpt)``
 * ``mmgroupmamba::selective_scan_2d_bwd(dy, dlast?, u, delta, A, B, C?, D?, z?,
   delta_bias?, ckpt, directions, delta_softplus, use_triton) -> 8 gradients``
 
-Without C, ``y`` is the hidden states (batch, dim, N, H, W) in float32 and
+``y`` is in ``out_dtype`` (default u's). Without C, ``y`` is the hidden states (batch, dim, N, H, W) in float32 and
 ``dy`` their gradient.
 
 ``use_triton`` picks the Triton kernels (CUDA, or CPU under
@@ -42,17 +42,19 @@ def _absent(like: Tensor) -> Tensor:
 def selective_scan_2d_fwd(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Optional[Tensor],
                           D: Optional[Tensor], z: Optional[Tensor],
                           delta_bias: Optional[Tensor], directions: List[int],
-                          delta_softplus: bool, use_triton: bool
+                          delta_softplus: bool, use_triton: bool,
+                          out_dtype: Optional[torch.dtype] = None
                           ) -> Tuple[Tensor, Tensor, Tensor]:
     """Directional scan forward; shapes as in :func:`selective_scan_2d`."""
     if use_triton and u.numel() > 0:
         return triton_scan.selective_scan_2d_fwd_triton(u, delta, A, B, C, directions, D, z,
-                                                        delta_bias, delta_softplus)
+                                                        delta_bias, delta_softplus, out_dtype)
     y, last = selective_scan_2d_ref(u, delta, A, B, C, directions, D=D, z=z,
                                     delta_bias=delta_bias, delta_softplus=delta_softplus,
-                                    return_last_state=True)
+                                    return_last_state=True, out_dtype=out_dtype)
     sdt = _state_dtype(u, use_triton)
-    out = torch.empty_like(u) if C is not None else u.new_empty(y.shape, dtype=sdt)
+    out = (torch.empty_like(u, dtype=out_dtype) if C is not None
+           else u.new_empty(y.shape, dtype=sdt))
     out.copy_(y)
     return out, last.to(sdt), u.new_empty((0,), dtype=torch.float32)
 
@@ -62,13 +64,14 @@ def _state_dtype(u: Tensor, use_triton: bool) -> torch.dtype:
 
 
 @selective_scan_2d_fwd.register_fake
-def _fwd_fake(u, delta, A, B, C, D, z, delta_bias, directions, delta_softplus, use_triton):
+def _fwd_fake(u, delta, A, B, C, D, z, delta_bias, directions, delta_softplus, use_triton,
+              out_dtype=None):
     batch, dim = u.shape[:2]
     n_state = B.shape[2]
     ckpt = (u.new_empty(triton_scan.ckpt_shape(u, B, directions), dtype=torch.float32)
             if use_triton and u.numel() > 0 else u.new_empty((0,), dtype=torch.float32))
     sdt = _state_dtype(u, use_triton)
-    y = (torch.empty_like(u) if C is not None
+    y = (torch.empty_like(u, dtype=out_dtype) if C is not None
          else u.new_empty((batch, dim, n_state) + tuple(u.shape[2:]), dtype=sdt))
     return y, u.new_empty((batch, dim, n_state), dtype=sdt), ckpt
 
@@ -96,7 +99,7 @@ def selective_scan_2d_bwd(dy: Tensor, dlast: Optional[Tensor], u: Tensor, delta:
                 full[i] = t
             return selective_scan_2d_ref(*full[:5], directions, D=full[5], z=full[6],
                                          delta_bias=full[7], delta_softplus=delta_softplus,
-                                         return_last_state=True)
+                                         return_last_state=True, out_dtype=dy.dtype)
         (y, last), vjp = torch.func.vjp(ref, *[ins[i] for i in idx])
         dl = torch.zeros_like(last) if dlast is None else dlast.to(last.dtype)
         got = vjp((dy.to(y.dtype), dl))
@@ -118,8 +121,9 @@ def _bwd_fake(dy, dlast, u, delta, A, B, C, D, z, delta_bias, ckpt, directions,
 
 
 def _setup_context(ctx, inputs, output):
-    u, delta, A, B, C, D, z, delta_bias, directions, delta_softplus, use_triton = inputs
+    u, delta, A, B, C, D, z, delta_bias, directions, delta_softplus, use_triton, _ = inputs
     ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, output[2])
+    ctx.y_dtype = output[0].dtype
     ctx.directions = directions
     ctx.delta_softplus = delta_softplus
     ctx.use_triton = use_triton
@@ -128,14 +132,14 @@ def _setup_context(ctx, inputs, output):
 def _backward(ctx, dy, dlast, dckpt):
     u, delta, A, B, C, D, z, delta_bias, ckpt = ctx.saved_tensors
     if dy is None:
-        dy = (torch.zeros_like(u) if C is not None
+        dy = (torch.zeros_like(u, dtype=ctx.y_dtype) if C is not None
               else u.new_zeros((u.shape[0], u.shape[1], B.shape[2]) + tuple(u.shape[2:]),
                                dtype=_state_dtype(u, ctx.use_triton)))
     grads = selective_scan_2d_bwd(dy, dlast, u, delta, A, B, C, D, z, delta_bias, ckpt,
                                   ctx.directions, ctx.delta_softplus, ctx.use_triton)
     present = (u, delta, A, B, C, D, z, delta_bias)
     out = [g if t is not None else None for g, t in zip(grads, present)]
-    return (*out, None, None, None)
+    return (*out, None, None, None, None)
 
 
 torch.library.register_autograd('mmgroupmamba::selective_scan_2d_fwd', _backward,

@@ -82,6 +82,7 @@ def selective_scan_ref(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor,
                        delta_bias: Optional[torch.Tensor] = None,
                        delta_softplus: bool = False,
                        return_last_state: bool = False,
+                       out_dtype: Optional[torch.dtype] = None,
                        ) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
     """Selective scan over the last axis.
 
@@ -92,8 +93,10 @@ def selective_scan_ref(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor,
             ``C=None`` returns the hidden states (then D and z must be None).
         D, delta_bias: (dim,) or None.
         z: (batch, dim, L) or None; the output is gated by ``silu(z)``.
+        out_dtype: dtype of y (default u's); the math runs in float32
+            (float64 for float64 inputs) whatever the input dtypes.
     Returns:
-        y (batch, dim, L) in u's dtype, or with ``C=None`` the states
+        y (batch, dim, L) in ``out_dtype``, or with ``C=None`` the states
         (batch, dim, N, L) in float32 (float64 for float64 inputs); with
         ``return_last_state`` also the final state (batch, dim, N) in that
         state dtype.
@@ -101,7 +104,7 @@ def selective_scan_ref(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor,
     if C is None and (D is not None or z is not None):
         raise ValueError('D, z: must be None when C is None (the states are returned before '
                          'the observation y = C h + D u and its gate)')
-    out_dtype = u.dtype
+    out_dtype = u.dtype if out_dtype is None else out_dtype
     cdt = torch.float64 if u.dtype == torch.float64 else torch.float32
     batch, dim, length = u.shape
     n_state = A.shape[1]
@@ -163,7 +166,8 @@ def selective_scan_2d_ref(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor,
                           z: Optional[torch.Tensor] = None,
                           delta_bias: Optional[torch.Tensor] = None,
                           delta_softplus: bool = False,
-                          return_last_state: bool = False):
+                          return_last_state: bool = False,
+                          out_dtype: Optional[torch.dtype] = None):
     """Directional scan of a feature map, by explicit gather/scatter copies.
 
     Args:
@@ -172,6 +176,7 @@ def selective_scan_2d_ref(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor,
         B, C: (batch, G, N, H, W), group g drives channels [g*dim/G, (g+1)*dim/G).
             ``C=None``: return the hidden states.
         directions: G directions (see :data:`DIRECTIONS`), one per group.
+        out_dtype: dtype of y (default u's).
     Returns:
         y (batch, dim, H, W) (or the states (batch, dim, N, H, W) when C is
         None) with every output written back at the pixel it was computed
@@ -199,7 +204,7 @@ def selective_scan_2d_ref(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor,
                              None if C is None else seq_bc(C),
                              D=D, z=None if z is None else seq(z, chan_order),
                              delta_bias=delta_bias, delta_softplus=delta_softplus,
-                             return_last_state=return_last_state)
+                             return_last_state=return_last_state, out_dtype=out_dtype)
     y, last = (out if return_last_state else (out, None))
     inverse = chan_order.argsort(dim=1)                                          # pixel -> step
     if C is None:  # states (b, d, N, L)

@@ -75,9 +75,12 @@ def _check_map_args(u, delta, A, B, C, D, z, delta_bias, directions, check_finit
             raise ValueError(f'{name}: expected a tensor on {u.device} (the device of u), got {t.device}')
         if check_finite and not bool(torch.isfinite(t).all()):
             raise ValueError(f'{name}: contains NaN or Inf (check_finite=True)')
-    if delta.dtype != u.dtype or (z is not None and z.dtype != u.dtype):
-        raise TypeError(f'delta, z: expected the dtype of u ({u.dtype}), got '
-                        f'delta {delta.dtype}' + ('' if z is None else f', z {z.dtype}'))
+    # fp16/bf16/fp32 maps may mix (each is upcast on load, the math is
+    # float32); float64 selects the float64 reference math, so all or none.
+    maps = [u.dtype, delta.dtype] + ([] if z is None else [z.dtype])
+    if torch.float64 in maps and len(set(maps)) > 1:
+        raise TypeError(f'delta, z: expected float64 for all of u, delta, z or for none, got '
+                        f'u {u.dtype}, delta {delta.dtype}' + ('' if z is None else f', z {z.dtype}'))
     if check_finite and not bool(torch.isfinite(u).all()):
         raise ValueError('u: contains NaN or Inf (check_finite=True)')
 
@@ -101,6 +104,7 @@ def selective_scan_2d(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor,
                       channels_last: bool = False,
                       backend: Optional[str] = None,
                       check_finite: bool = False,
+                      out_dtype: Optional[torch.dtype] = None,
                       ) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
     """Selective scan of a feature map, one scan direction per channel group.
 
@@ -115,8 +119,13 @@ def selective_scan_2d(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor,
             then be None).
         directions: G entries of :data:`DIRECTIONS` ('lr', 'tb', 'rl', 'bt').
         check_finite: raise if any input holds NaN/Inf (costs a sync).
+        out_dtype: dtype of y (default u's). The state and the arithmetic are
+            float32 whatever the inputs, so fp16/bf16 inputs with
+            ``out_dtype=torch.float32`` give exactly what upcasting them
+            first would, without float32 copies (or their memory for the
+            backward). Not allowed with ``C=None`` (the states are float32).
     Returns:
-        y in u's layout and dtype, or with ``C=None`` the states
+        y in u's layout and ``out_dtype``, or with ``C=None`` the states
         (batch, dim, N, H, W) (``channels_last``: (batch, H, W, dim, N)) in
         float32; with ``return_last_state`` also the final state
         (batch, dim, N) in float32.
@@ -131,11 +140,15 @@ def selective_scan_2d(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor,
                                 directions, D=D, z=to_first(z), delta_bias=delta_bias,
                                 delta_softplus=delta_softplus,
                                 return_last_state=return_last_state, backend=backend,
-                                check_finite=check_finite)
+                                check_finite=check_finite, out_dtype=out_dtype)
         back = ((lambda t: t.permute(0, 2, 3, 1)) if C is not None
                 else (lambda t: t.permute(0, 3, 4, 1, 2)))
         return (back(out[0]), out[1]) if return_last_state else back(out)
     _check_map_args(u, delta, A, B, C, D, z, delta_bias, directions, check_finite)
+    if out_dtype is not None and (C is None or out_dtype not in _FLOAT_DTYPES):
+        raise ValueError(f'out_dtype: expected None or one of {_FLOAT_DTYPES} (and C given: the '
+                         f'states mode always returns float32), got {out_dtype!r}'
+                         + (' with C=None' if C is None else ''))
     codes = [direction_code(d) for d in directions]
     use_triton = _pick_backend(backend, u.device) == 'triton'
     if use_triton and not u.is_cuda and os.environ.get('TRITON_INTERPRET', '0') != '1':
@@ -144,7 +157,7 @@ def selective_scan_2d(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor,
     # One custom op for both backends: autograd, torch.compile and the FLOP
     # counter see the same node whichever implementation runs.
     y, last, _ = torch.ops.mmgroupmamba.selective_scan_2d_fwd(
-        u, delta, A, B, C, D, z, delta_bias, codes, bool(delta_softplus), use_triton)
+        u, delta, A, B, C, D, z, delta_bias, codes, bool(delta_softplus), use_triton, out_dtype)
     return (y, last) if return_last_state else y
 
 
@@ -157,6 +170,7 @@ def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor,
                    return_last_state: bool = False,
                    backend: Optional[str] = None,
                    check_finite: bool = False,
+                   out_dtype: Optional[torch.dtype] = None,
                    ) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
     """Drop-in for mamba_ssm's ``selective_scan_fn``.
 
@@ -164,8 +178,9 @@ def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor,
         u, delta, z: (batch, dim, L). A: (dim, N). D, delta_bias: (dim,).
         B, C: (batch, N, L) or grouped (batch, G, N, L), dim % G == 0.
             ``C=None`` returns the hidden states (D and z must be None).
+        out_dtype: as in :func:`selective_scan_2d`.
     Returns:
-        y (batch, dim, L) in u's dtype, or with ``C=None`` the states
+        y (batch, dim, L) in ``out_dtype`` (default u's), or with ``C=None`` the states
         (batch, dim, N, L) in float32 (and the last state (batch, dim, N)).
     """
     for name, t in (('u', u), ('delta', delta)):
@@ -187,7 +202,7 @@ def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor,
                             None if C is None else C.unsqueeze(3),
                             ('lr',) * B.shape[1], D=D, z=as_map(z), delta_bias=delta_bias,
                             delta_softplus=delta_softplus, return_last_state=return_last_state,
-                            backend=backend, check_finite=check_finite)
+                            backend=backend, check_finite=check_finite, out_dtype=out_dtype)
     squeeze = 2 if C is not None else 3  # the map's H = 1 axis
     if return_last_state:
         return out[0].squeeze(squeeze), out[1]

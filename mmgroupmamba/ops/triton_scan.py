@@ -653,11 +653,12 @@ def ckpt_shape(u: torch.Tensor, B: torch.Tensor, codes: Sequence[int]) -> Tuple[
 
 def selective_scan_2d_fwd_triton(u, delta, A, B, C, codes: List[int], D=None, z=None,
                                  delta_bias=None, delta_softplus: bool = False,
+                                 out_dtype: Optional[torch.dtype] = None,
                                  ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Forward of the directional scan (shapes as in ``selective_scan_2d``).
 
     Returns:
-        y (batch, dim, H, W) laid out like u, in u's dtype (with ``C=None``
+        y (batch, dim, H, W) laid out like u, in ``out_dtype`` (default u's) (with ``C=None``
         the states (batch, dim, N, H, W), contiguous fp32); the last state
         (batch, dim, N) fp32; chunk-start checkpoints (batch, dim, NCH, N) fp32.
     """
@@ -669,7 +670,7 @@ def selective_scan_2d_fwd_triton(u, delta, A, B, C, codes: List[int], D=None, z=
         y = u.new_empty((batch, dim, n_state, height, width), dtype=torch.float32)
         y_strides = y.stride()
     else:
-        y = torch.empty_like(u)
+        y = torch.empty_like(u, dtype=out_dtype)
         y_strides = (y.stride(0), y.stride(1), 0, y.stride(2), y.stride(3))
     _check_item_size(u, delta, z, y, B, C)
     last = u.new_empty((batch, dim, n_state), dtype=torch.float32)

@@ -126,10 +126,18 @@ def test_frozen_stages_and_norm_eval():
     assert all(p.requires_grad for p in model.parameters())
 
 
-def test_with_cp_gives_the_same_gradients():
+@pytest.mark.parametrize('with_cp, n_checkpointed', [(True, 4), ((True, False, False, True), 2)])
+def test_with_cp_gives_the_same_gradients(with_cp, n_checkpointed, monkeypatch):
+    """All stages or only the flagged ones recompute their blocks (one
+    checkpoint call per block), with the gradients of the plain model."""
+    from mmgroupmamba.models import common
+    calls = []
+    real = common.cp.checkpoint
+    monkeypatch.setattr(common.cp, 'checkpoint',
+                        lambda fn, *a, **kw: calls.append(fn) or real(fn, *a, **kw))
     torch.manual_seed(0)
     plain = GroupMamba(SMALL_ARCH, drop_path_rate=0.2).train()
-    ckpt = GroupMamba(SMALL_ARCH, drop_path_rate=0.2, with_cp=True).train()
+    ckpt = GroupMamba(SMALL_ARCH, drop_path_rate=0.2, with_cp=with_cp).train()
     ckpt.load_state_dict(plain.state_dict())
     x = torch.randn(2, 3, 40, 24)
     grads = []
@@ -138,6 +146,8 @@ def test_with_cp_gives_the_same_gradients():
         outs = model(x)
         sum((o * o).mean() for o in outs).backward()
         grads.append({k: p.grad.clone() for k, p in model.named_parameters()})
+    assert len(calls) == n_checkpointed and calls == [
+        blk for stage, flag in zip(ckpt.stages, ckpt.with_cp) if flag for blk in stage.blocks]
     for k in grads[0]:
         torch.testing.assert_close(grads[1][k], grads[0][k], rtol=1e-5, atol=1e-7, msg=k)
 
@@ -184,6 +194,8 @@ def test_errors_name_the_parameter(tmp_path):
         GroupMamba(SMALL_ARCH, out_indices=(4,))
     with pytest.raises(ValueError, match='frozen_stages'):
         GroupMamba(SMALL_ARCH, frozen_stages=5)
+    with pytest.raises(ValueError, match=r'with_cp: expected a bool or one bool per stage \(4'):
+        GroupMamba(SMALL_ARCH, with_cp=(True, False))
     model = GroupMamba(SMALL_ARCH)
     with pytest.raises(ValueError, match=r'x: expected an image batch of shape \(batch, 3, H, W\)'):
         model(torch.randn(1, 4, 32, 32))

@@ -65,7 +65,7 @@ def rel_err(a: torch.Tensor, b: torch.Tensor, floor: float = 1e-3) -> float:
 
 def run_scan(inp: Dict[str, Optional[torch.Tensor]], directions: Sequence[str], softplus: bool,
              backend: Optional[str], reference64: bool = False, seed: int = 1,
-             states: bool = False):
+             states: bool = False, out_dtype: Optional[torch.dtype] = None):
     """Forward + backward with random output gradients.
 
     Returns (y, last, {name: grad}); with ``reference64`` it runs the
@@ -89,7 +89,8 @@ def run_scan(inp: Dict[str, Optional[torch.Tensor]], directions: Sequence[str], 
         y, last = selective_scan_2d(ins['u'], ins['delta'], ins['A'], ins['B'], ins['C'],
                                     directions, D=ins['D'], z=ins['z'],
                                     delta_bias=ins['delta_bias'], delta_softplus=softplus,
-                                    return_last_state=True, backend=backend)
+                                    return_last_state=True, backend=backend,
+                                    out_dtype=out_dtype)
     gen = torch.Generator().manual_seed(seed)
     dy = torch.randn(y.shape, generator=gen).to(y)
     dlast = torch.randn(last.shape, generator=gen).to(last)

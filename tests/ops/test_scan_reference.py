@@ -163,7 +163,7 @@ def test_flop_count():
     (lambda a: a.update(A=a['A'][:-1]), r'^A: expected shape'),
     (lambda a: a.update(B=a['B'][:, :, :, :-1]), r'^C: expected shape|^B: expected shape'),
     (lambda a: a.update(D=a['D'][:-1]), r'^D: expected shape'),
-    (lambda a: a.update(z=a['z'].double()), r'^delta, z: expected the dtype'),
+    (lambda a: a.update(z=a['z'].double()), r'^delta, z: expected float64 for all of u, delta, z or for none'),
     (lambda a: a.update(delta_bias=a['delta_bias'].to(torch.int64)), r'^delta_bias: expected a floating'),
     (lambda a: a.update(directions=('lr', 'up')), r'^directions: unknown direction'),
     (lambda a: a.update(directions=('lr',)), r'^directions: expected one direction per group'),

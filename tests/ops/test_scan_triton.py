@@ -122,6 +122,42 @@ def test_bf16_inputs(kernel_device):
         assert rel_err(grads[k].float().cpu(), grads64[k]) < 2e-2, k
 
 
+@pytest.mark.parametrize('backend', ['triton', 'reference'])
+def test_low_precision_inputs_float32_out_equal_upcasting_first(backend, kernel_device):
+    """fp16/bf16 (or mixed) maps with ``out_dtype=float32`` compute what
+    upcasting them to float32 first does (the arithmetic is float32 either
+    way; compiled kernels may contract multiply-adds differently, so to
+    float32 rounding), forward and every gradient: what GroupMamba's layer
+    relies on to drop its float32 copies under autocast."""
+    # fp16: the interpreter stores bf16 by truncation, the compiled kernel
+    # (and torch) round to nearest; fp16 rounds to nearest in both.
+    dtype = torch.float16
+    low = make_inputs(2, 8, 4, 1, 3, 5, dtype=dtype, device=kernel_device, layout='channels_last')
+    # maps of mixed precision (autocast may leave one in float32)
+    low['delta'] = low['delta'].detach().float().requires_grad_(True)
+    up = {k: None if v is None else (v.detach().float() if v.dtype == dtype else v.detach())
+          .requires_grad_(True) for k, v in low.items()}
+    dirs = ('lr', 'tb', 'rl', 'bt')
+    y, last, grads = run_scan(low, dirs, True, backend=backend, out_dtype=torch.float32)
+    y_up, last_up, grads_up = run_scan(up, dirs, True, backend=backend)
+    assert y.dtype == torch.float32 and y.stride() == y_up.stride()
+    assert rel_err(y, y_up) < 1e-6 and rel_err(last, last_up) < 1e-6
+    for k, g in grads.items():
+        assert g.dtype == low[k].dtype, k
+        # a float32 rounding difference can flip an fp16 rounding (one ulp)
+        tol = 1e-6 if g.dtype == torch.float32 else 1e-4
+        assert rel_err(g, grads_up[k].to(g.dtype)) < tol, k
+
+
+def test_out_dtype_errors():
+    inp = make_inputs(1, 4, 1, 1, 2, 3)
+    args = [inp[k].detach() for k in ('u', 'delta', 'A', 'B', 'C')]
+    with pytest.raises(ValueError, match='out_dtype'):
+        selective_scan_2d(*args, ('lr',), out_dtype=torch.int32)
+    with pytest.raises(ValueError, match='out_dtype.*C=None'):
+        selective_scan_2d(*args[:4], None, ('lr',), out_dtype=torch.float32)
+
+
 @pytest.mark.parametrize('shape', [(2, 64, 4, 1, 14, 14), (1, 32, 2, 16, 8, 9)])
 def test_default_gpu_tiles(shape, request):
     """Larger shapes with the heuristic (GPU) tiles; GPU only (too slow to interpret)."""
