@@ -206,7 +206,8 @@ def main() -> None:
             dim, length = groups * per, height * width
             dirs = DIRS[:groups]
             C, D = (None, None) if states else (t['C'], t['D'])
-            cfg = triton_scan.scan_config(batch, dim, groups, 1, height, width, dirs, True)
+            cfg, cfg_b = (triton_scan.scan_config(batch, dim, groups, 1, height, width, dirs, True,
+                                                  backward=b, states=states) for b in (False, True))
             fwd = lambda: triton_scan.selective_scan_2d_fwd_triton(  # noqa: E731
                 t['u'], t['delta'], t['A'], t['B'], C, dirs, D, None, t['delta_bias'], True)
             y, last, ckpt = fwd()
@@ -220,8 +221,8 @@ def main() -> None:
                 return
             row = dict(case=name, dtype=str(dtype).replace('torch.', ''), batch=batch, dim=dim,
                        L=length,
-                       cfg={k: cfg[k] for k in ('BD', 'R', 'NJ', 'NCH', 'NSEG', 'num_warps',
-                                              'num_warps_bwd')},
+                       cfg=dict({k: cfg[k] for k in ('BD', 'R', 'NJ', 'NCH', 'NSEG', 'num_warps')},
+                                BD_bwd=cfg_b['BD'], num_warps_bwd=cfg_b['num_warps']),
                        fwd_us=bench_device(fwd), bwd_us=bench_device(bwd),
                        fwd_us_with_launch=bench(fwd), bwd_us_with_launch=bench(bwd),
                        official_fwd_us=off_f, official_bwd_us=off_b)
@@ -265,7 +266,7 @@ def main() -> None:
             return f"{v['fwd']:.0f} / {v['bwd']:.0f}"
         return '–' if v is None else str(v)
     lines = [head, '',
-             '| case | dtype | cfg (BD, R, NJ, segs, warps fwd/bwd) | fwd µs | bwd µs '
+             '| case | dtype | cfg (BD fwd/bwd, R, NJ, segs, warps fwd/bwd) | fwd µs | bwd µs '
              '| fwd / bwd µs with launch | fwd floor / bwd floor µs '
              '| fwd GB/s (frac) | bwd GB/s (frac) | official 1 group fwd / bwd µs '
              '| reference fwd / bwd µs | compiled reference fwd / bwd µs '
@@ -277,7 +278,8 @@ def main() -> None:
                else f"{r['official_fwd_us']} / {r['official_bwd_us']}")
         lines.append(
             f"| {r['case']} | {r['dtype']} "
-            f"| {c['BD']}, {c['R']}, {c['NJ']}, {c['NSEG']}, {c['num_warps']}/{c['num_warps_bwd']} "
+            f"| {c['BD']}/{c['BD_bwd']}, {c['R']}, {c['NJ']}, {c['NSEG']}, "
+            f"{c['num_warps']}/{c['num_warps_bwd']} "
             f"| {r['fwd_us']:.1f} | {r['bwd_us']:.1f} "
             f"| {r['fwd_us_with_launch']:.0f} / {r['bwd_us_with_launch']:.0f} "
             f"| {r['fwd_floor_us']:.0f} / {r['bwd_floor_us']:.0f} "

@@ -78,9 +78,10 @@ import triton.language as tl
 
 _INTERPRET = os.environ.get('TRITON_INTERPRET', '0') == '1'
 
-#: Test/benchmark hook: keys 'BD' (channels per program), 'R' (steps per
-#: run), 'NJ' (runs per chunk), 'CPS' (chunks per segment), 'num_warps',
-#: 'num_warps_bwd' override the heuristic tile config (see :func:`scan_config`).
+#: Test/benchmark hook: keys 'BD' (channels per program, both passes), 'R'
+#: (steps per run), 'NJ' (runs per chunk), 'CPS' (chunks per segment),
+#: 'num_warps' (forward), 'num_warps_bwd' (backward) override the heuristic
+#: tile config (see :func:`scan_config`).
 CONFIG_OVERRIDE: Dict[str, int] = {}
 
 
@@ -97,11 +98,14 @@ def _n_chunks(n_outer: int, n_inner: int, r: int, nj: int) -> int:
 
 
 def scan_config(batch: int, dim: int, groups: int, n_state: int, height: int, width: int,
-                codes: Sequence[int], on_gpu: bool) -> Dict[str, int]:
-    """Tile configuration shared by the forward, backward and fake kernels.
+                codes: Sequence[int], on_gpu: bool, backward: bool = False,
+                states: bool = False) -> Dict[str, int]:
+    """Tile configuration of the forward (or with ``backward`` the backward)
+    kernel; ``states`` is the states mode (no C).
 
-    The chunking (and so the checkpoint shape) depends only on the shapes, so
-    the backward and ``torch.compile``'s fake tensors agree with the forward.
+    The chunking (R, NJ and so the checkpoint shape) depends only on the
+    shapes, so the backward and ``torch.compile``'s fake tensors agree with
+    the forward; the channel tile, warps and segments may differ per pass.
     """
     per = dim // groups
     small = _INTERPRET or not on_gpu
@@ -115,12 +119,17 @@ def scan_config(batch: int, dim: int, groups: int, n_state: int, height: int, wi
         bd, r, nj, warps = min(_np2(per), 4), 2, 4, 1
     else:
         # Measured on an H100 (docs/benchmarks.md, sweeps): 16 (or 8) channels
-        # x 16 runs of 4 steps on 4 warps. 8-channel tiles where they pad
-        # less (GroupMamba-T stage 3: 87 channels per group); tiles of at
-        # most 64 channel-state pairs so N > 1 stays in registers.
-        bd = 16 if (_cdiv(per, 16) * 16 - per) <= (_cdiv(per, 8) * 8 - per) else 8
+        # x 16 runs of 4 steps on 4 warps; 8-channel tiles where they pad
+        # less. Groups of >= 32 channels (N = 1): 8-channel tiles on 2 warps,
+        # except the states-mode forward, which is faster on 16 / 4. Tiles
+        # of at most 64 channel-state pairs so N > 1 stays in registers.
+        if np_ == 1 and per >= 32 and (backward or not states):
+            bd, warps = 8, 2
+        else:
+            bd = 16 if (_cdiv(per, 16) * 16 - per) <= (_cdiv(per, 8) * 8 - per) else 8
+            warps = 4
         bd = max(1, min(bd, _np2(per), 64 // np_))
-        r, nj, warps = (4 if np_ == 1 else 2), 16, 4
+        r, nj = (4 if np_ == 1 else 2), 16
     bd = ov.get('BD', bd)
     r = min(ov.get('R', r), _np2(n_min))
     nj = ov.get('NJ', nj)
@@ -139,9 +148,9 @@ def scan_config(batch: int, dim: int, groups: int, n_state: int, height: int, wi
         # the summary pass re-reads delta, u and B. ~4 programs per SM.
         cps = max(2, _cdiv(nch * rows, 4 * sms))
     cps = max(1, min(cps, nch))
-    warps = ov.get('num_warps', warps)
+    warps = ov.get('num_warps_bwd' if backward else 'num_warps', warps)
     return dict(BD=bd, NP=np_, R=r, NJ=nj, NCH=nch, CPS=cps, NSEG=_cdiv(nch, cps), N_DT=n_dt,
-                num_warps=warps, num_warps_bwd=ov.get('num_warps_bwd', warps))
+                num_warps=warps)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -664,8 +673,9 @@ def selective_scan_2d_fwd_triton(u, delta, A, B, C, codes: List[int], D=None, z=
     """
     batch, dim, height, width = u.shape
     groups, n_state = B.shape[1], B.shape[2]
-    cfg = scan_config(batch, dim, groups, n_state, height, width, codes, u.is_cuda)
     states = C is None
+    cfg = scan_config(batch, dim, groups, n_state, height, width, codes, u.is_cuda,
+                      states=states)
     if states:
         y = u.new_empty((batch, dim, n_state, height, width), dtype=torch.float32)
         y_strides = y.stride()
@@ -714,7 +724,8 @@ def selective_scan_2d_bwd_triton(dy, dlast, u, delta, A, B, C, codes: List[int],
     states = C is None
     batch, dim, height, width = u.shape
     groups, n_state = B.shape[1], B.shape[2]
-    cfg = scan_config(batch, dim, groups, n_state, height, width, codes, u.is_cuda)
+    cfg = scan_config(batch, dim, groups, n_state, height, width, codes, u.is_cuda,
+                      backward=True, states=states)
     nseg = cfg['NSEG']
     atomic = cfg['N_DT'] > 1
     dirs = pack_directions(codes)
@@ -742,7 +753,7 @@ def selective_scan_2d_bwd_triton(dy, dlast, u, delta, A, B, C, codes: List[int],
     common = dict(BD=cfg['BD'], NP=cfg['NP'], R=cfg['R'], NJ=cfg['NJ'], HAS_D=D is not None,
                   HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
                   SOFTPLUS=bool(delta_softplus), HAS_DLAST=dlast is not None,
-                  ATOMIC_BC=atomic, num_warps=cfg['num_warps_bwd'])
+                  ATOMIC_BC=atomic, num_warps=cfg['num_warps'])
     with _device_ctx(u):
         for summary in ((True, False) if nseg > 1 else (False,)):
             _bwd_kernel[grid](

@@ -158,15 +158,21 @@ def test_out_dtype_errors():
         selective_scan_2d(*args[:4], None, ('lr',), out_dtype=torch.float32)
 
 
-@pytest.mark.parametrize('shape', [(2, 64, 4, 1, 14, 14), (1, 32, 2, 16, 8, 9)])
-def test_default_gpu_tiles(shape, request):
+# (batch, dim, groups, N, H, W), states: 16-channel groups; N = 16; groups of
+# >= 32 channels (8-channel tiles on 2 warps, atomic dB/dC); the states mode
+# there (forward on 16-channel tiles, backward on 8).
+@pytest.mark.parametrize('shape, states', [((2, 64, 4, 1, 14, 14), False),
+                                           ((1, 32, 2, 16, 8, 9), False),
+                                           ((2, 140, 4, 1, 9, 7), False),
+                                           ((1, 64, 1, 1, 6, 5), True)])
+def test_default_gpu_tiles(shape, states, request):
     """Larger shapes with the heuristic (GPU) tiles; GPU only (too slow to interpret)."""
     if not request.config.getoption('--gpu'):
         pytest.skip('GPU-only (heuristic tiles)')
     if not torch.cuda.is_available():
         pytest.skip('no CUDA')
     inp = make_inputs(*shape, device='cuda')
-    _check(inp, ('lr', 'tb', 'rl', 'bt')[:shape[2]], True)
+    _check(inp, ('lr', 'tb', 'rl', 'bt')[:shape[2]], True, states=states)
 
 
 def test_pack_directions():
