@@ -85,7 +85,8 @@ def main() -> None:
                         requires_grad=bool(with_cp))  # checkpointing needs a grad path
         by_kind = saved_bytes_by_module(model, x, args.amp)
         total = sum(by_kind.values())
-        print(f"\n{name} ({'AMP' if args.amp else 'fp32'}{f', with_cp={with_cp}' if with_cp else ''}): "
+        mode = ('AMP' if args.amp else 'fp32') + (f', with_cp={with_cp}' if with_cp else '')
+        print(f"\n{name} ({mode}): "
               f'{total / args.batch / 2**20:.1f} MiB saved per image, '
               f'{total * scale / 2**30:.2f} GiB at batch {args.scale_to}')
         print('| module kind | GiB at batch %d | share |\n|---|---|---|' % args.scale_to)

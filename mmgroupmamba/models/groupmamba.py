@@ -671,7 +671,8 @@ class GroupMamba(StagedBackbone):
     def __init__(self, arch: Union[str, Mapping] = 'tiny', in_channels: int = 3,
                  out_indices: Sequence[int] = (0, 1, 2, 3), frozen_stages: int = -1,
                  norm_eval: bool = False, drop_path_rate: float = 0.05,
-                 with_cp: Union[bool, Sequence[bool]] = False, out_norm: bool = True, init_cfg: Optional[Mapping] = None):
+                 with_cp: Union[bool, Sequence[bool]] = False, out_norm: bool = True,
+                 init_cfg: Optional[Mapping] = None):
         arch = resolve_arch(arch)
         dims, depths = arch['embed_dims'], arch['depths']
         super().__init__(len(dims), in_channels, out_indices, frozen_stages, norm_eval, with_cp,

@@ -8,8 +8,8 @@ and ``FlopCounterMode`` all see one opaque node per scan:
 * ``mmgroupmamba::selective_scan_2d_bwd(dy, dlast?, u, delta, A, B, C?, D?, z?,
   delta_bias?, ckpt, directions, delta_softplus, use_triton) -> 8 gradients``
 
-``y`` is in ``out_dtype`` (default u's). Without C, ``y`` is the hidden states (batch, dim, N, H, W) in float32 and
-``dy`` their gradient.
+``y`` is in ``out_dtype`` (default u's). Without C, ``y`` is the hidden states
+(batch, dim, N, H, W) in float32 and ``dy`` their gradient.
 
 ``use_triton`` picks the Triton kernels (CUDA, or CPU under
 ``TRITON_INTERPRET=1``) or the PyTorch reference; ``ckpt`` holds the

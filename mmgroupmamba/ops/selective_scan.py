@@ -79,8 +79,9 @@ def _check_map_args(u, delta, A, B, C, D, z, delta_bias, directions, check_finit
     # float32); float64 selects the float64 reference math, so all or none.
     maps = [u.dtype, delta.dtype] + ([] if z is None else [z.dtype])
     if torch.float64 in maps and len(set(maps)) > 1:
-        raise TypeError(f'delta, z: expected float64 for all of u, delta, z or for none, got '
-                        f'u {u.dtype}, delta {delta.dtype}' + ('' if z is None else f', z {z.dtype}'))
+        raise TypeError('delta, z: expected float64 for all of u, delta, z or for none, got '
+                        f'u {u.dtype}, delta {delta.dtype}'
+                        + ('' if z is None else f', z {z.dtype}'))
     if check_finite and not bool(torch.isfinite(u).all()):
         raise ValueError('u: contains NaN or Inf (check_finite=True)')
 

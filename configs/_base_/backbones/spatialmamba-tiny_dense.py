@@ -16,6 +16,6 @@ dense_backbone = dict(
     drop_path_rate=0.2,
     frozen_stages=-1,
     norm_eval=False,
-    with_cp=False,
+    with_cp=False,  # or one flag per stage: (True, False, False, False) recomputes stage 0
     init_cfg=dict(type='Pretrained', checkpoint='checkpoints/spatialmamba_tiny.pth'))
 dense_channels = [64, 128, 256, 512]  # the four stage widths
