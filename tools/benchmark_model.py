@@ -1,7 +1,8 @@
 """Throughput and peak memory of GroupMamba / Spatial-Mamba T/S/B on a GPU (the issue's protocol).
 
     python tools/benchmark_model.py [--models groupmamba_tiny spatialmamba_tiny ...] [--batch 128] [--size 224]
-           [--modes infer_fp32 infer_amp train_amp] [--compile] [--with-cp 1 0 0 0] [--json OUT]
+           [--modes infer_fp32 infer_amp train_amp] [--compile] [--with-cp 1 0 0 0]
+           [--fp32-gemm tf32x3|ieee] [--json OUT]
 
 Per model and mode: images/s over ``--iters`` timed steps after ``--warmup``
 steps (CUDA events, synchronised), and the peak allocated GPU memory of that
@@ -11,7 +12,10 @@ dist head's; the distillation teacher / MESA EMA model is not part of the
 student's cost and is left out, as in the anchor).
 AMP is fp16 autocast with a GradScaler, as the official training.
 ``--with-cp`` turns on activation checkpointing (the backbone's ``with_cp``):
-one flag for all stages or one per stage.
+one flag for all stages or one per stage. ``--fp32-gemm`` picks the float32
+GEMM algorithm (default 'tf32x3', see ``mmgroupmamba.ops.linear``; 'ieee' is
+PyTorch's SIMT fp32 GEMM): it matters for ``infer_fp32`` only, autocast GEMMs
+are fp16.
 """
 import argparse
 import json
@@ -45,11 +49,13 @@ def with_cp_flags(values: Sequence[int]) -> Union[bool, Tuple[bool, ...]]:
     return flags[0] if len(flags) == 1 else flags
 
 
-def build(name: str, compile_model: bool, with_cp: Union[bool, Tuple[bool, ...]] = False):
+def build(name: str, compile_model: bool, with_cp: Union[bool, Tuple[bool, ...]] = False,
+          fp32_gemm: str = 'tf32x3'):
     """(eager model, the model to run: compiled or the same), on the GPU, seeded."""
     torch.manual_seed(0)
     kwargs = dict(distillation=True) if name.startswith('groupmamba') else {}
-    eager = mmgroupmamba.create_model(name, num_classes=1000, with_cp=with_cp, **kwargs).cuda()
+    eager = mmgroupmamba.create_model(name, num_classes=1000, with_cp=with_cp,
+                                      fp32_gemm=fp32_gemm, **kwargs).cuda()
     return eager, (torch.compile(eager) if compile_model else eager)
 
 
@@ -87,8 +93,9 @@ def _logits(out) -> torch.Tensor:
 
 
 def bench(name: str, mode: str, batch: int, size: int, warmup: int, iters: int,
-          compile_model: bool, with_cp: Union[bool, Tuple[bool, ...]] = False) -> dict:
-    eager, model = build(name, compile_model, with_cp)
+          compile_model: bool, with_cp: Union[bool, Tuple[bool, ...]] = False,
+          fp32_gemm: str = 'tf32x3') -> dict:
+    eager, model = build(name, compile_model, with_cp, fp32_gemm)
     x = torch.randn(batch, 3, size, size, device='cuda')
     check = None
     if compile_model and mode.startswith('infer'):
@@ -124,6 +131,8 @@ def main() -> None:
     parser.add_argument('--compile', action='store_true', help='torch.compile the model')
     parser.add_argument('--with-cp', nargs='+', default=['0'], metavar='0|1',
                         help='activation checkpointing: one flag for all stages or one per stage')
+    parser.add_argument('--fp32-gemm', default='tf32x3', choices=['tf32x3', 'ieee'],
+                        help="float32 GEMM algorithm of the backbone's Linear layers")
     parser.add_argument('--json', help='also write the rows to this file')
     args = parser.parse_args()
     if not torch.cuda.is_available():
@@ -136,11 +145,13 @@ def main() -> None:
     for name in args.models:
         for mode in args.modes:
             row = bench(name, mode, args.batch, args.size, args.warmup, args.iters, args.compile,
-                        with_cp_flags(args.with_cp))
+                        with_cp_flags(args.with_cp), args.fp32_gemm)
             rows.append(row)
             err = row['rel_err_vs_eager']
             err = '–' if err is None else f'{err:.1e}'
             cp = f", with_cp={row['with_cp']}" if row['with_cp'] else ''
+            if mode == 'infer_fp32':
+                cp += f', fp32_gemm={args.fp32_gemm}'
             print(f"| {name} | {mode}{' (compiled)' if args.compile else ''}{cp} | {args.batch} | "
                   f"{row['img_per_s']:.0f} | {row['peak_gib']:.1f} | {row['first_step_s']:.1f} | "
                   f'{err} |', flush=True)

@@ -2,7 +2,7 @@
 grouped by kernel kind (issue 3's "profile before and after").
 
     python tools/profile_model.py [--models groupmamba_tiny ...] [--mode infer_amp|infer_fp32|train_amp]
-                                  [--compile] [--batch 128] [--steps 5]
+                                  [--compile] [--batch 128] [--steps 5] [--fp32-gemm tf32x3|ieee]
 
 Kinds (by CUDA kernel name): ``scan`` (our Triton selective-scan kernels),
 ``layernorm``, ``gemm`` (cuBLAS/CUTLASS), ``conv`` (cuDNN, depthwise),
@@ -20,6 +20,7 @@ from benchmark_model import build, make_step  # tools/ is the script's folder
 
 KINDS = [
     ('scan', re.compile(r'_fwd_kernel|_bwd_kernel|selective_scan')),
+    ('gemm', re.compile(r'_linear_kernel')),   # our Triton 3xTF32 GEMM (mmgroupmamba.ops.linear)
     ('inductor fused', re.compile(r'^triton_')),
     ('layernorm', re.compile(r'layer_norm|LayerNorm', re.I)),
     ('gemm', re.compile(r'gemm|cutlass|cublas|sm90_xmma|nvjet|matmul', re.I)),
@@ -63,6 +64,8 @@ def main() -> None:
     parser.add_argument('--compile', action='store_true')
     parser.add_argument('--batch', type=int, default=128)
     parser.add_argument('--steps', type=int, default=5)
+    parser.add_argument('--fp32-gemm', default='tf32x3', choices=['tf32x3', 'ieee'],
+                        help="float32 GEMM algorithm of the backbone's Linear layers")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         sys.exit('profile_model.py needs a CUDA GPU')
@@ -70,7 +73,8 @@ def main() -> None:
           f"{args.batch}{', compiled' if args.compile else ''}", flush=True)
     for name in args.models:
         x = torch.randn(args.batch, 3, 224, 224, device='cuda')
-        ms = profile(make_step(build(name, args.compile)[1], args.mode, x), args.steps)
+        model = build(name, args.compile, fp32_gemm=args.fp32_gemm)[1]
+        ms = profile(make_step(model, args.mode, x), args.steps)
         total = sum(ms.values())
         print(f'\n{name}: {total:.2f} ms of device time per step')
         print('| kind | ms/step | share |\n|---|---|---|')

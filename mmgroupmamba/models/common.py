@@ -10,6 +10,8 @@ import torch
 import torch.nn as nn
 import torch.utils.checkpoint as cp
 
+from ..ops.linear import FP32_GEMM_MODES
+
 
 class DropPath(nn.Module):
     """Stochastic depth per sample (as timm's ``DropPath``, rescaled by
@@ -79,7 +81,7 @@ class StagedBackbone(nn.Module):
 
     def __init__(self, num_stages: int, in_channels: int, out_indices: Union[int, Sequence[int]],
                  frozen_stages: int, norm_eval: bool, with_cp: Union[bool, Sequence[bool]],
-                 init_cfg: Optional[Mapping]):
+                 init_cfg: Optional[Mapping], fp32_gemm: str = 'tf32x3'):
         super().__init__()
         n = num_stages
         if isinstance(out_indices, int):
@@ -104,7 +106,11 @@ class StagedBackbone(nn.Module):
               or len(with_cp) != n or not all(isinstance(f, bool) for f in with_cp)):
             raise ValueError(f'with_cp: expected a bool or one bool per stage ({n} stages), '
                              f'got {with_cp!r}')
+        if fp32_gemm not in FP32_GEMM_MODES:
+            raise ValueError(f'fp32_gemm: expected one of {FP32_GEMM_MODES}, got {fp32_gemm!r}')
         self.num_stages = n
+        #: float32 GEMM algorithm of the Linear layers (mmgroupmamba.ops.linear)
+        self.fp32_gemm = fp32_gemm
         self.out_indices: Tuple[int, ...] = tuple(sorted(set(idx)))
         self.in_channels = in_channels
         self.frozen_stages = frozen_stages

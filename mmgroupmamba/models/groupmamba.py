@@ -27,6 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..ops import selective_scan_2d
+from ..ops.linear import Linear, set_fp32_gemm
 from .common import (DropPath, StagedBackbone, at_least_fp32, drop_path_rates, init_linear_norm_,
                      load_classifier_state, run_blocks)
 
@@ -326,8 +327,8 @@ class ChannelAffinityModulation(nn.Module):
 
     def __init__(self, dim: int, reduction: int = 16):
         super().__init__()
-        self.fc1 = nn.Linear(dim, dim // reduction)
-        self.fc2 = nn.Linear(dim // reduction, dim)
+        self.fc1 = Linear(dim, dim // reduction)
+        self.fc2 = Linear(dim // reduction, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.fc2(F.relu(self.fc1(x.mean(dim=(1, 2))))))
@@ -350,7 +351,7 @@ class GroupMambaLayer(nn.Module):
         self.cam = ChannelAffinityModulation(dim, reduction)
         self.ssm = GroupedDirectionalSSM(dim, 4, d_state, d_conv, DIRECTIONS_OFFICIAL)
         self.skip_scale = nn.Parameter(torch.ones(1))
-        self.proj = nn.Linear(dim, dim)
+        self.proj = Linear(dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.norm(x)
@@ -369,10 +370,10 @@ class ConvFFN(nn.Module):
 
     def __init__(self, dim: int, hidden_dim: int, with_dwconv: bool = True):
         super().__init__()
-        self.fc1 = nn.Linear(dim, hidden_dim)
+        self.fc1 = Linear(dim, hidden_dim)
         self.dwconv = (nn.Conv2d(hidden_dim, hidden_dim, 3, 1, 1, groups=hidden_dim, bias=True)
                        if with_dwconv else None)
-        self.fc2 = nn.Linear(hidden_dim, dim)
+        self.fc2 = Linear(hidden_dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.fc1(x)
@@ -646,6 +647,11 @@ class GroupMamba(StagedBackbone):
             for all stages, or one bool per stage (e.g. ``(True, False,
             False, False)``: only the high-resolution stage 0, whose
             activations are the largest, recomputes its blocks).
+        fp32_gemm: float32 GEMM algorithm of the Linear layers on CUDA
+            outside autocast: 'tf32x3' (default; a Triton 3xTF32 GEMM on
+            tensor cores with fp32 accuracy, where it is the faster) or
+            'ieee' (always cuBLAS, PyTorch's default). See
+            :mod:`mmgroupmamba.ops.linear`.
         out_norm: LayerNorm every returned map. Stages 0..n-2 always end in
             their official norm ``norm{i+1}`` (eps 1e-6, on the main path,
             pretrained), so their outputs are normed in any case; with
@@ -672,11 +678,11 @@ class GroupMamba(StagedBackbone):
                  out_indices: Sequence[int] = (0, 1, 2, 3), frozen_stages: int = -1,
                  norm_eval: bool = False, drop_path_rate: float = 0.05,
                  with_cp: Union[bool, Sequence[bool]] = False, out_norm: bool = True,
-                 init_cfg: Optional[Mapping] = None):
+                 init_cfg: Optional[Mapping] = None, fp32_gemm: str = 'tf32x3'):
         arch = resolve_arch(arch)
         dims, depths = arch['embed_dims'], arch['depths']
         super().__init__(len(dims), in_channels, out_indices, frozen_stages, norm_eval, with_cp,
-                         init_cfg)
+                         init_cfg, fp32_gemm)
         self.arch = arch
         n = self.num_stages
         self.out_norm = out_norm
@@ -694,6 +700,7 @@ class GroupMamba(StagedBackbone):
                 with_norm=(not last) or (out_norm and i in self.out_indices),
                 with_cp=self.with_cp[i]))
             cur += depths[i]
+        set_fp32_gemm(self, fp32_gemm)
         official_init_(self)
         self._freeze_stages()
 
@@ -817,18 +824,19 @@ class GroupMambaClassifier(nn.Module):
         arch: see :class:`GroupMamba`.
         num_classes: classes of ``head.fc`` / ``head.dist_fc``.
         distillation: with the distillation head ``dist_fc``.
-        drop_path_rate, with_cp, in_channels: passed to the backbone.
+        drop_path_rate, with_cp, in_channels, fp32_gemm: passed to the backbone.
 
     Input (B, in_channels, H, W); output as :class:`DistillationLinearHead`.
     """
 
     def __init__(self, arch: Union[str, Mapping] = 'tiny', num_classes: int = 1000,
                  distillation: bool = True, drop_path_rate: float = 0.05,
-                 with_cp: Union[bool, Sequence[bool]] = False, in_channels: int = 3):
+                 with_cp: Union[bool, Sequence[bool]] = False, in_channels: int = 3,
+                 fp32_gemm: str = 'tf32x3'):
         super().__init__()
         self.backbone = GroupMamba(arch, in_channels=in_channels, out_indices=(-1,),
                                    drop_path_rate=drop_path_rate, with_cp=with_cp,
-                                   out_norm=False)
+                                   out_norm=False, fp32_gemm=fp32_gemm)
         dims = self.backbone.arch['embed_dims']
         self.neck = GroupMambaClassTail(dims[-1], self.backbone.arch['mlp_ratios'][-1])
         self.head = DistillationLinearHead(dims[-1], num_classes, distillation)
@@ -856,7 +864,7 @@ def create_groupmamba(name: str, num_classes: int = 1000, distillation: bool = T
         pretrained: optional checkpoint (path or loaded dict), ours or
             official; loaded strictly.
         **kwargs: ``drop_path_rate`` (default 0.05), ``with_cp``,
-            ``in_channels``.
+            ``in_channels``, ``fp32_gemm``.
     """
     if name not in MODEL_NAMES:
         raise ValueError(f'create_groupmamba: unknown model {name!r}; valid names: '

@@ -31,6 +31,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..ops import selective_scan_2d
+from ..ops.linear import Linear, set_fp32_gemm
 from .common import (DropPath, StagedBackbone, at_least_fp32, drop_path_rates, init_linear_norm_,
                      load_classifier_state, run_blocks)
 
@@ -228,7 +229,7 @@ class StructureAwareSSM(nn.Module):
         self.d_state = d_state
         self.d_inner = d_inner = int(expand * d_model)
         self.dt_rank = math.ceil(d_model / 16) if dt_rank == 'auto' else int(dt_rank)
-        self.in_proj = nn.Linear(d_model, 2 * d_inner, bias=False)
+        self.in_proj = Linear(d_model, 2 * d_inner, bias=False)
         self.conv2d = nn.Conv2d(d_inner, d_inner, d_conv, padding=(d_conv - 1) // 2,
                                 groups=d_inner, bias=True)
         self.x_proj_weight = nn.Parameter(torch.empty(self.dt_rank + 2 * d_state, d_inner))
@@ -238,7 +239,7 @@ class StructureAwareSSM(nn.Module):
         self.Ds = nn.Parameter(torch.empty(d_inner))
         self.state_fusion = StateFusion(d_inner)
         self.out_norm = nn.LayerNorm(d_inner)
-        self.out_proj = nn.Linear(d_inner, d_model, bias=False)
+        self.out_proj = Linear(d_inner, d_model, bias=False)
         self.reset_ssm_parameters()
 
     def reset_ssm_parameters(self, dt_min: float = 1e-3, dt_max: float = 0.1,
@@ -283,9 +284,9 @@ class SpatialMambaMLP(nn.Module):
 
     def __init__(self, dim: int, hidden: int):
         super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
+        self.fc1 = Linear(dim, hidden)
         self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden, dim)
+        self.fc2 = Linear(hidden, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(self.act(self.fc1(x)))
@@ -420,6 +421,9 @@ class SpatialMamba(StagedBackbone):
         d_state: SSM state size (1 in every official model).
         with_cp: activation checkpointing per block: a bool for all
             stages, or one bool per stage.
+        fp32_gemm: float32 GEMM algorithm of the Linear layers on CUDA
+            outside autocast: 'tf32x3' (default) or 'ieee' (see
+            :mod:`mmgroupmamba.ops.linear`).
         init_cfg: None (upstream's random init) or ``dict(type='Pretrained',
             checkpoint=path, prefix=None)``: our checkpoints or upstream ones
             (classification or dense, auto-detected); output norms the
@@ -434,11 +438,11 @@ class SpatialMamba(StagedBackbone):
                  out_indices: Sequence[int] = (0, 1, 2, 3), frozen_stages: int = -1,
                  norm_eval: bool = False, drop_path_rate: Optional[float] = None,
                  d_state: int = 1, with_cp: Union[bool, Sequence[bool]] = False,
-                 init_cfg: Optional[Mapping] = None):
+                 init_cfg: Optional[Mapping] = None, fp32_gemm: str = 'tf32x3'):
         arch = resolve_arch(arch)
         dims, depths = arch['embed_dims'], arch['depths']
         super().__init__(len(dims), in_channels, out_indices, frozen_stages, norm_eval, with_cp,
-                         init_cfg)
+                         init_cfg, fp32_gemm)
         if not isinstance(d_state, int) or d_state < 1:
             raise ValueError(f'd_state: expected a positive int, got {d_state!r}')
         self.arch = arch
@@ -458,6 +462,7 @@ class SpatialMamba(StagedBackbone):
             cur += depth
         for i in self.out_indices:
             self.add_module(f'outnorm{i}', nn.LayerNorm(dims[i]))
+        set_fp32_gemm(self, fp32_gemm)
         official_init_(self)
         self._freeze_stages()
 
@@ -503,10 +508,11 @@ class SpatialMambaClassifier(nn.Module):
     def __init__(self, arch: Union[str, Mapping] = 'tiny', num_classes: int = 1000,
                  drop_path_rate: Optional[float] = None,
                  with_cp: Union[bool, Sequence[bool]] = False,
-                 in_channels: int = 3):
+                 in_channels: int = 3, fp32_gemm: str = 'tf32x3'):
         super().__init__()
         self.backbone = SpatialMamba(arch, in_channels=in_channels, out_indices=(-1,),
-                                     drop_path_rate=drop_path_rate, with_cp=with_cp)
+                                     drop_path_rate=drop_path_rate, with_cp=with_cp,
+                                     fp32_gemm=fp32_gemm)
         self.head = nn.Module()
         self.head.fc = nn.Linear(self.backbone.embed_dims[-1], num_classes)
         official_init_(self.head)
