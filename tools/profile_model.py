@@ -3,6 +3,7 @@ grouped by kernel kind (issue 3's "profile before and after").
 
     python tools/profile_model.py [--models groupmamba_tiny ...] [--mode infer_amp|infer_fp32|train_amp]
                                   [--compile] [--batch 128] [--steps 5] [--fp32-gemm tf32x3|ieee]
+                                  [--top N]
 
 Kinds (by CUDA kernel name): ``scan`` (our Triton selective-scan kernels),
 ``layernorm``, ``gemm`` (cuBLAS/CUTLASS), ``conv`` (cuDNN, depthwise),
@@ -37,7 +38,7 @@ def kind_of(name: str) -> str:
     return 'other'
 
 
-def profile(step, steps: int) -> dict:
+def profile(step, steps: int, top: int = 0) -> dict:
     for _ in range(3):  # warm-up (and compilation)
         step()
     torch.cuda.synchronize()
@@ -47,12 +48,18 @@ def profile(step, steps: int) -> dict:
             step()
         torch.cuda.synchronize()
     by_kind = defaultdict(float)
+    kernels = []
     for evt in prof.key_averages():
         device_us = getattr(evt, 'self_device_time_total', None)
         if device_us is None:
             device_us = getattr(evt, 'self_cuda_time_total', 0.0)
         if device_us > 0 and evt.device_type == torch.autograd.DeviceType.CUDA:
             by_kind[kind_of(evt.key)] += device_us
+            kernels.append((device_us, evt.count, evt.key))
+    if top:
+        print(f'| kernel (top {top}) | kind | ms/step | calls/step |\n|---|---|---|---|')
+        for us, count, key in sorted(kernels, reverse=True)[:top]:
+            print(f'| {key[:90]} | {kind_of(key)} | {us / steps / 1e3:.2f} | {count / steps:g} |')
     return {k: v / steps / 1e3 for k, v in by_kind.items()}  # ms per step
 
 
@@ -66,6 +73,7 @@ def main() -> None:
     parser.add_argument('--steps', type=int, default=5)
     parser.add_argument('--fp32-gemm', default='tf32x3', choices=['tf32x3', 'ieee'],
                         help="float32 GEMM algorithm of the backbone's Linear layers")
+    parser.add_argument('--top', type=int, default=0, help='also list the N longest kernels')
     args = parser.parse_args()
     if not torch.cuda.is_available():
         sys.exit('profile_model.py needs a CUDA GPU')
@@ -74,7 +82,7 @@ def main() -> None:
     for name in args.models:
         x = torch.randn(args.batch, 3, 224, 224, device='cuda')
         model = build(name, args.compile, fp32_gemm=args.fp32_gemm)[1]
-        ms = profile(make_step(model, args.mode, x), args.steps)
+        ms = profile(make_step(model, args.mode, x), args.steps, args.top)
         total = sum(ms.values())
         print(f'\n{name}: {total:.2f} ms of device time per step')
         print('| kind | ms/step | share |\n|---|---|---|')
