@@ -21,11 +21,10 @@ import time
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
 import mmgroupmamba
-from benchmark_model import with_cp_flags  # tools/ is the script's folder
+from benchmark_model import train_step, with_cp_flags  # tools/ is the script's folder
 
 NUM_CLASSES = 10
 
@@ -56,15 +55,7 @@ def main() -> None:
     def step() -> torch.Tensor:
         y = torch.randint(0, NUM_CLASSES, (args.batch,), device='cuda', generator=gen)
         x = torch.randn(args.batch, 3, 224, 224, device='cuda', generator=gen) + patterns[y]
-        with torch.autocast('cuda', dtype=torch.float16):
-            out = model(x)
-            heads = out if isinstance(out, tuple) else (out,)
-            loss = sum(F.cross_entropy(h, y) for h in heads) / len(heads)
-        opt.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(opt)
-        scaler.update()
-        return loss.detach()
+        return train_step(model, opt, scaler, x, y)
 
     def mean_loss(loss: torch.Tensor) -> float:
         dist.all_reduce(loss)

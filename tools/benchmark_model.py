@@ -77,15 +77,23 @@ def make_step(model: torch.nn.Module, mode: str, x: torch.Tensor) -> Callable[[]
     scaler = torch.amp.GradScaler('cuda')
 
     def step():
-        with torch.autocast('cuda', dtype=torch.float16, enabled=amp):
-            out = model(x)
-            heads = out if isinstance(out, tuple) else (out, )
-            loss = sum(F.cross_entropy(h, target) for h in heads) / len(heads)
-        opt.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(opt)
-        scaler.update()
+        train_step(model, opt, scaler, x, target, amp)
     return step
+
+
+def train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+               x: torch.Tensor, target: torch.Tensor, amp: bool = True) -> torch.Tensor:
+    """One optimiser step on the heads' mean cross-entropy (fp16 autocast and
+    the GradScaler when ``amp``); returns the loss, detached."""
+    with torch.autocast('cuda', dtype=torch.float16, enabled=amp):
+        out = model(x)
+        heads = out if isinstance(out, tuple) else (out, )
+        loss = sum(F.cross_entropy(h, target) for h in heads) / len(heads)
+    opt.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(opt)
+    scaler.update()
+    return loss.detach()
 
 
 def _logits(out) -> torch.Tensor:
