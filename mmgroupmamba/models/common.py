@@ -1,6 +1,7 @@
 """Pieces shared by the backbones (GroupMamba, Spatial-Mamba): stochastic
-depth, argument checks, the stage-freezing / ``norm_eval`` train mode, and
-strict pretrained loading with a readable key report.
+depth, the depthwise convolution, argument checks, the stage-freezing /
+``norm_eval`` train mode, and strict pretrained loading with a readable key
+report.
 
 Pure PyTorch (no OpenMMLab import).
 """
@@ -8,6 +9,7 @@ from typing import Callable, Collection, Iterable, List, Mapping, Optional, Sequ
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 import torch.utils.checkpoint as cp
 
 from ..ops.linear import FP32_GEMM_MODES
@@ -30,6 +32,63 @@ class DropPath(nn.Module):
 
     def extra_repr(self) -> str:
         return f'drop_prob={self.drop_prob}'
+
+
+def depthwise_conv2d_shifted(x: torch.Tensor, weight: torch.Tensor,
+                             bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Stride-1, zero-padded "same" depthwise convolution written as the sum
+    of its k*k shifted, per-channel scaled copies of the input.
+
+    The same function as ``F.conv2d(x, weight, bias, padding=k // 2,
+    groups=C)`` (up to the summation order). Eagerly it is k*k passes over
+    the map, but Inductor turns it into one pointwise kernel, fused with the
+    padding and with the activation that follows, where cuDNN's depthwise
+    kernel is a separate, slower pass (docs/benchmarks.md).
+
+    Shapes: x (B, C, H, W), any memory format (the models pass channels-last
+    views); weight (C, 1, k, k) with k odd; bias (C,) or None ->
+    (B, C, H, W) with channels-last memory.
+    """
+    k = weight.shape[-1]
+    pad = k // 2
+    xl = x.permute(0, 2, 3, 1)                                        # (B, H, W, C)
+    h, w = xl.shape[1:3]
+    xp = F.pad(xl, (0, 0, pad, pad, pad, pad))
+    out = bias if bias is not None else 0
+    for i in range(k):
+        for j in range(k):
+            out = out + xp[:, i:i + h, j:j + w, :] * weight[:, 0, i, j]
+    return out.permute(0, 3, 1, 2)
+
+
+class DepthwiseConv2d(nn.Conv2d):
+    """3x3 (any odd k) stride-1 depthwise convolution with "same" zero
+    padding: an ``nn.Conv2d`` (same parameters and state-dict keys) whose
+    compiled inference runs :func:`depthwise_conv2d_shifted`.
+
+    Only compiled inference (``torch.compile`` tracing with gradients off)
+    takes the shifted sum: there Inductor fuses it with its neighbours and
+    GroupMamba-T's fp32 inference gets about 7% faster. Eagerly it would be
+    k*k kernels, and in compiled training its weight-gradient reductions
+    made the step slower than cuDNN's (measured, docs/benchmarks.md), so both
+    keep ``nn.Conv2d``'s cuDNN path. Under autocast the result has the
+    input's dtype, as autocast's convolution.
+
+    Shapes: (B, C, H, W) -> (B, C, H, W).
+    """
+
+    def __init__(self, channels: int, kernel_size: int = 3, bias: bool = True):
+        if kernel_size < 1 or kernel_size % 2 == 0:
+            raise ValueError(f'DepthwiseConv2d: kernel_size must be a positive odd integer '
+                             f'("same" padding), got {kernel_size}')
+        super().__init__(channels, channels, kernel_size, padding=kernel_size // 2,
+                         groups=channels, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.compiler.is_compiling() and not torch.is_grad_enabled():
+            bias = None if self.bias is None else self.bias.to(x.dtype)
+            return depthwise_conv2d_shifted(x, self.weight.to(x.dtype), bias)
+        return super().forward(x)
 
 
 def at_least_fp32(t: torch.Tensor) -> torch.Tensor:

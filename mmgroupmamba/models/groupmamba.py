@@ -28,8 +28,8 @@ import torch.nn.functional as F
 
 from ..ops import selective_scan_2d
 from ..ops.linear import Linear, set_fp32_gemm
-from .common import (DropPath, StagedBackbone, at_least_fp32, drop_path_rates, init_linear_norm_,
-                     load_classifier_state, run_blocks)
+from .common import (DepthwiseConv2d, DropPath, StagedBackbone, at_least_fp32, drop_path_rates,
+                     init_linear_norm_, load_classifier_state, run_blocks)
 
 __all__ = [
     'arch_settings', 'ConvStem', 'Downsample', 'GroupedLayerNorm', 'GroupedDirectionalSSM',
@@ -249,8 +249,7 @@ class GroupedDirectionalSSM(nn.Module):
         self.dt_rank = math.ceil(c / 16)
         self.directions = tuple(directions)
         self.in_proj_weight = nn.Parameter(torch.empty(groups, 2 * c, c))
-        self.conv2d = nn.Conv2d(dim, dim, kernel_size=d_conv, padding=(d_conv - 1) // 2,
-                                groups=dim, bias=True)
+        self.conv2d = DepthwiseConv2d(dim, d_conv)
         self.x_proj_weight = nn.Parameter(torch.empty(groups, self.dt_rank + 2 * d_state, c))
         self.dt_projs_weight = nn.Parameter(torch.empty(groups, c, self.dt_rank))
         self.dt_projs_bias = nn.Parameter(torch.empty(groups, c))
@@ -371,7 +370,7 @@ class ConvFFN(nn.Module):
     def __init__(self, dim: int, hidden_dim: int, with_dwconv: bool = True):
         super().__init__()
         self.fc1 = Linear(dim, hidden_dim)
-        self.dwconv = (nn.Conv2d(hidden_dim, hidden_dim, 3, 1, 1, groups=hidden_dim, bias=True)
+        self.dwconv = (DepthwiseConv2d(hidden_dim)
                        if with_dwconv else None)
         self.fc2 = Linear(hidden_dim, dim)
 
