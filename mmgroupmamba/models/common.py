@@ -64,15 +64,16 @@ def depthwise_conv2d_shifted(x: torch.Tensor, weight: torch.Tensor,
 class DepthwiseConv2d(nn.Conv2d):
     """3x3 (any odd k) stride-1 depthwise convolution with "same" zero
     padding: an ``nn.Conv2d`` (same parameters and state-dict keys) whose
-    compiled inference runs :func:`depthwise_conv2d_shifted`.
+    compiled float32 inference runs :func:`depthwise_conv2d_shifted`.
 
     Only compiled inference (``torch.compile`` tracing with gradients off)
-    takes the shifted sum: there Inductor fuses it with its neighbours and
-    GroupMamba-T's fp32 inference gets about 7% faster. Eagerly it would be
-    k*k kernels, and in compiled training its weight-gradient reductions
-    made the step slower than cuDNN's (measured, docs/benchmarks.md), so both
-    keep ``nn.Conv2d``'s cuDNN path. Under autocast the result has the
-    input's dtype, as autocast's convolution.
+    on float32 maps takes the shifted sum: there Inductor fuses it with its
+    neighbours and GroupMamba-T's fp32 inference gets about 7% faster. Every
+    other case keeps ``nn.Conv2d``'s cuDNN kernel, as measured on an H100
+    (docs/benchmarks.md): eagerly the sum would be k*k kernels; in compiled
+    training its weight-gradient reductions made the step slower; on
+    half-precision maps (autocast) cuDNN's kernel is faster than the fused
+    sum alone, and the model's AMP inference was not reliably faster with it.
 
     Shapes: (B, C, H, W) -> (B, C, H, W).
     """
@@ -85,9 +86,9 @@ class DepthwiseConv2d(nn.Conv2d):
                          groups=channels, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.compiler.is_compiling() and not torch.is_grad_enabled():
-            bias = None if self.bias is None else self.bias.to(x.dtype)
-            return depthwise_conv2d_shifted(x, self.weight.to(x.dtype), bias)
+        if (torch.compiler.is_compiling() and not torch.is_grad_enabled()
+                and x.dtype == self.weight.dtype == torch.float32):
+            return depthwise_conv2d_shifted(x, self.weight, self.bias)
         return super().forward(x)
 
 

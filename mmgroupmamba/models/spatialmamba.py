@@ -32,8 +32,8 @@ import torch.nn.functional as F
 
 from ..ops import selective_scan_2d
 from ..ops.linear import Linear, set_fp32_gemm
-from .common import (DepthwiseConv2d, DropPath, StagedBackbone, at_least_fp32, drop_path_rates,
-                     init_linear_norm_, load_classifier_state, run_blocks)
+from .common import (DropPath, StagedBackbone, at_least_fp32, drop_path_rates, init_linear_norm_,
+                     load_classifier_state, run_blocks)
 
 __all__ = [
     'arch_settings', 'ConvNormAct', 'SpatialMambaStem', 'SpatialMambaDownsample', 'StateFusion',
@@ -230,7 +230,8 @@ class StructureAwareSSM(nn.Module):
         self.d_inner = d_inner = int(expand * d_model)
         self.dt_rank = math.ceil(d_model / 16) if dt_rank == 'auto' else int(dt_rank)
         self.in_proj = Linear(d_model, 2 * d_inner, bias=False)
-        self.conv2d = DepthwiseConv2d(d_inner, d_conv)
+        self.conv2d = nn.Conv2d(d_inner, d_inner, d_conv, padding=(d_conv - 1) // 2,
+                                groups=d_inner, bias=True)
         self.x_proj_weight = nn.Parameter(torch.empty(self.dt_rank + 2 * d_state, d_inner))
         self.dt_projs_weight = nn.Parameter(torch.empty(d_inner, self.dt_rank))
         self.dt_projs_bias = nn.Parameter(torch.empty(d_inner))
@@ -299,11 +300,11 @@ class SpatialMambaBlock(nn.Module):
     def __init__(self, dim: int, drop_path: float = 0.0, mlp_ratio: float = 4.0,
                  d_state: int = 1):
         super().__init__()
-        self.cpe1 = DepthwiseConv2d(dim)
+        self.cpe1 = nn.Conv2d(dim, dim, 3, padding=1, groups=dim)
         self.ln_1 = nn.LayerNorm(dim)
         self.self_attention = StructureAwareSSM(dim, d_state=d_state)
         self.drop_path = DropPath(drop_path)
-        self.cpe2 = DepthwiseConv2d(dim)
+        self.cpe2 = nn.Conv2d(dim, dim, 3, padding=1, groups=dim)
         self.ln_2 = nn.LayerNorm(dim)
         self.mlp = SpatialMambaMLP(dim, int(dim * mlp_ratio))
 

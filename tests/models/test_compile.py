@@ -41,8 +41,9 @@ def test_backbone_compiles_fullgraph_and_matches_eager(family):
 
 @pytest.mark.parametrize('family', sorted(ARCHS))
 def test_backbone_compiled_inference_matches_eager(family):
-    """Compiled inference (gradients off) traces the depthwise convolutions
-    as shifted sums (``DepthwiseConv2d``): whole, and the eager function."""
+    """Compiled fp32 inference (gradients off; GroupMamba's depthwise convs
+    are then shifted sums, ``DepthwiseConv2d``) traces whole and computes
+    the eager function."""
     torch._dynamo.reset()
     cls, arch = ARCHS[family]
     torch.manual_seed(0)
