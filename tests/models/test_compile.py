@@ -15,14 +15,19 @@ ARCHS = {
 }
 
 
-@pytest.mark.parametrize('family', sorted(ARCHS))
-def test_backbone_compiles_fullgraph_and_matches_eager(family):
+def _model_input_compiled(family: str, train: bool):
+    """(small backbone in train/eval mode, an input, the model compiled whole)."""
     torch._dynamo.reset()
     cls, arch = ARCHS[family]
     torch.manual_seed(0)
-    model = cls(arch, drop_path_rate=0.0).train()
+    model = cls(arch, drop_path_rate=0.0).train(train)
     x = torch.randn(2, 3, 40, 56)
-    compiled = torch.compile(model, fullgraph=True, backend='aot_eager')
+    return model, x, torch.compile(model, fullgraph=True, backend='aot_eager')
+
+
+@pytest.mark.parametrize('family', sorted(ARCHS))
+def test_backbone_compiles_fullgraph_and_matches_eager(family):
+    model, x, compiled = _model_input_compiled(family, train=True)
 
     def run(fn):
         outs = fn(x)
@@ -44,12 +49,7 @@ def test_backbone_compiled_inference_matches_eager(family):
     """Compiled fp32 inference (gradients off; GroupMamba's depthwise convs
     are then shifted sums, ``DepthwiseConv2d``) traces whole and computes
     the eager function."""
-    torch._dynamo.reset()
-    cls, arch = ARCHS[family]
-    torch.manual_seed(0)
-    model = cls(arch, drop_path_rate=0.0).eval()
-    x = torch.randn(2, 3, 40, 56)
-    compiled = torch.compile(model, fullgraph=True, backend='aot_eager')
+    model, x, compiled = _model_input_compiled(family, train=False)
     with torch.no_grad():
         want, got = model(x), compiled(x)
     for a, b in zip(got, want):
