@@ -17,10 +17,11 @@ import torch.nn.functional as F
 import triton
 
 from mmgroupmamba.models.common import depthwise_conv2d_shifted
-from mmgroupmamba.models.groupmamba import arch_settings
+from mmgroupmamba.models.groupmamba import MODEL_NAMES, arch_settings
 
 
 def shapes(model: str, size: int):
+    """(map side, channels, activation) of each stage's SSM conv and FFN conv."""
     arch = arch_settings[model.split('_')[1]]
     out = []
     for i, (dim, ratio) in enumerate(zip(arch['embed_dims'], arch['mlp_ratios'])):
@@ -31,7 +32,8 @@ def shapes(model: str, size: int):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--models', nargs='+', default=['groupmamba_tiny', 'groupmamba_base'])
+    parser.add_argument('--models', nargs='+', default=['groupmamba_tiny', 'groupmamba_base'],
+                        choices=MODEL_NAMES)
     parser.add_argument('--batch', type=int, default=128)
     parser.add_argument('--size', type=int, default=224)
     parser.add_argument('--dtypes', nargs='+', default=['float32', 'float16'])

@@ -370,8 +370,7 @@ class ConvFFN(nn.Module):
     def __init__(self, dim: int, hidden_dim: int, with_dwconv: bool = True):
         super().__init__()
         self.fc1 = Linear(dim, hidden_dim)
-        self.dwconv = (DepthwiseConv2d(hidden_dim)
-                       if with_dwconv else None)
+        self.dwconv = DepthwiseConv2d(hidden_dim) if with_dwconv else None
         self.fc2 = Linear(hidden_dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
