@@ -201,65 +201,64 @@ def main() -> None:
     for (name, batch, per, height, width, off_f, off_b, groups, states), dtype, override in jobs:
         triton_scan.CONFIG_OVERRIDE.clear()
         triton_scan.CONFIG_OVERRIDE.update(override or {})
-        if True:
-            t = make(batch, per, height, width, dtype, groups, args.channels_last)
-            dim, length = groups * per, height * width
-            dirs = DIRS[:groups]
-            C, D = (None, None) if states else (t['C'], t['D'])
-            cfg, cfg_b = (triton_scan.scan_config(batch, dim, groups, 1, height, width, dirs, True,
-                                                  backward=b, states=states) for b in (False, True))
-            fwd = lambda: triton_scan.selective_scan_2d_fwd_triton(  # noqa: E731
-                t['u'], t['delta'], t['A'], t['B'], C, dirs, D, None, t['delta_bias'], True)
-            y, last, ckpt = fwd()
-            dy = torch.randn_like(y)
-            bwd = lambda: triton_scan.selective_scan_2d_bwd_triton(  # noqa: E731
-                dy, None, t['u'], t['delta'], t['A'], t['B'], C, dirs, ckpt, D, None,
-                t['delta_bias'], True)
-            bwd()
-            torch.cuda.synchronize()
-            if args.warm_only:
-                return
-            row = dict(case=name, dtype=str(dtype).replace('torch.', ''), batch=batch, dim=dim,
-                       L=length,
-                       cfg=dict({k: cfg[k] for k in ('BD', 'R', 'NJ', 'NCH', 'NSEG', 'num_warps')},
-                                BD_bwd=cfg_b['BD'], num_warps_bwd=cfg_b['num_warps']),
-                       fwd_us=bench_device(fwd), bwd_us=bench_device(bwd),
-                       fwd_us_with_launch=bench(fwd), bwd_us_with_launch=bench(bwd),
-                       official_fwd_us=off_f, official_bwd_us=off_b)
-            s = 4 if dtype == torch.float32 else 2
-            bf, bb = bytes_moved(batch, dim, length, s, groups, states=states)
-            if states:
-                row['fusion_path'] = fusion_path_times(t)
-            if args.check and not states:
-                with torch.no_grad():
-                    want = selective_scan_2d_ref(t['u'], t['delta'], t['A'], t['B'], t['C'], DIRS,
-                                                 D=t['D'], delta_bias=t['delta_bias'],
-                                                 delta_softplus=True).float()
-                row['fwd_rel_err'] = ((y.float() - want).norm() / want.norm()).item()
-            row['fwd_GBps'] = bf / (row['fwd_us'] * 1e-6) / 1e9
-            row['bwd_GBps'] = bb / (row['bwd_us'] * 1e-6) / 1e9
-            row['fwd_frac'] = row['fwd_GBps'] * 1e9 / bw
-            row['bwd_frac'] = row['bwd_GBps'] * 1e9 / bw
-            row['fwd_floor_us'] = bf / bw * 1e6
-            row['bwd_floor_us'] = bb / bw * 1e6
-            if not args.no_reference:
-                for key, compiled in (('ref', False), ('compiled_ref', True)):
-                    if states:
-                        row[key] = 'not run (y-mode reference only)'
-                        continue
-                    n_chunks = -(-length // CHUNK)
-                    if compiled and (n_chunks > args.compile_max_chunks or dtype != torch.float32):
-                        row[key] = f'skipped ({n_chunks} chunks, {row["dtype"]})'
-                        continue
-                    try:
-                        t0 = time.time()
-                        row[key] = ref_times(t, compiled)
-                        row[key + '_wall_s'] = time.time() - t0
-                    except torch.OutOfMemoryError:
-                        row[key] = 'OOM'
-                    torch.cuda.empty_cache()
-            rows.append(row)
-            print(json.dumps(row), flush=True)
+        t = make(batch, per, height, width, dtype, groups, args.channels_last)
+        dim, length = groups * per, height * width
+        dirs = DIRS[:groups]
+        C, D = (None, None) if states else (t['C'], t['D'])
+        cfg, cfg_b = (triton_scan.scan_config(batch, dim, groups, 1, height, width, dirs, True,
+                                              backward=b, states=states) for b in (False, True))
+        fwd = lambda: triton_scan.selective_scan_2d_fwd_triton(  # noqa: E731
+            t['u'], t['delta'], t['A'], t['B'], C, dirs, D, None, t['delta_bias'], True)
+        y, last, ckpt = fwd()
+        dy = torch.randn_like(y)
+        bwd = lambda: triton_scan.selective_scan_2d_bwd_triton(  # noqa: E731
+            dy, None, t['u'], t['delta'], t['A'], t['B'], C, dirs, ckpt, D, None,
+            t['delta_bias'], True)
+        bwd()
+        torch.cuda.synchronize()
+        if args.warm_only:
+            return
+        row = dict(case=name, dtype=str(dtype).replace('torch.', ''), batch=batch, dim=dim,
+                   L=length,
+                   cfg=dict({k: cfg[k] for k in ('BD', 'R', 'NJ', 'NCH', 'NSEG', 'num_warps')},
+                            BD_bwd=cfg_b['BD'], num_warps_bwd=cfg_b['num_warps']),
+                   fwd_us=bench_device(fwd), bwd_us=bench_device(bwd),
+                   fwd_us_with_launch=bench(fwd), bwd_us_with_launch=bench(bwd),
+                   official_fwd_us=off_f, official_bwd_us=off_b)
+        s = 4 if dtype == torch.float32 else 2
+        bf, bb = bytes_moved(batch, dim, length, s, groups, states=states)
+        if states:
+            row['fusion_path'] = fusion_path_times(t)
+        if args.check and not states:
+            with torch.no_grad():
+                want = selective_scan_2d_ref(t['u'], t['delta'], t['A'], t['B'], t['C'], DIRS,
+                                             D=t['D'], delta_bias=t['delta_bias'],
+                                             delta_softplus=True).float()
+            row['fwd_rel_err'] = ((y.float() - want).norm() / want.norm()).item()
+        row['fwd_GBps'] = bf / (row['fwd_us'] * 1e-6) / 1e9
+        row['bwd_GBps'] = bb / (row['bwd_us'] * 1e-6) / 1e9
+        row['fwd_frac'] = row['fwd_GBps'] * 1e9 / bw
+        row['bwd_frac'] = row['bwd_GBps'] * 1e9 / bw
+        row['fwd_floor_us'] = bf / bw * 1e6
+        row['bwd_floor_us'] = bb / bw * 1e6
+        if not args.no_reference:
+            for key, compiled in (('ref', False), ('compiled_ref', True)):
+                if states:
+                    row[key] = 'not run (y-mode reference only)'
+                    continue
+                n_chunks = -(-length // CHUNK)
+                if compiled and (n_chunks > args.compile_max_chunks or dtype != torch.float32):
+                    row[key] = f'skipped ({n_chunks} chunks, {row["dtype"]})'
+                    continue
+                try:
+                    t0 = time.time()
+                    row[key] = ref_times(t, compiled)
+                    row[key + '_wall_s'] = time.time() - t0
+                except torch.OutOfMemoryError:
+                    row[key] = 'OOM'
+                torch.cuda.empty_cache()
+        rows.append(row)
+        print(json.dumps(row), flush=True)
 
     def fmt(v):
         if isinstance(v, dict):
