@@ -12,6 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint as cp
 
+from ..ops.depthwise_conv import ACTIVATIONS, depthwise_conv2d
 from ..ops.linear import FP32_GEMM_MODES
 
 
@@ -34,62 +35,58 @@ class DropPath(nn.Module):
         return f'drop_prob={self.drop_prob}'
 
 
-def depthwise_conv2d_shifted(x: torch.Tensor, weight: torch.Tensor,
-                             bias: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Stride-1, zero-padded "same" depthwise convolution written as the sum
-    of its k*k shifted, per-channel scaled copies of the input.
-
-    The same function as ``F.conv2d(x, weight, bias, padding=k // 2,
-    groups=C)`` (up to the summation order). Eagerly it is k*k passes over
-    the map, but Inductor turns it into one pointwise kernel, fused with the
-    padding and with the activation that follows, where cuDNN's depthwise
-    kernel is a separate, slower pass (docs/benchmarks.md).
-
-    Shapes: x (B, C, H, W), any memory format (the models pass channels-last
-    views); weight (C, 1, k, k) with k odd; bias (C,) or None ->
-    (B, C, H, W) with channels-last memory.
-    """
-    k = weight.shape[-1]
-    pad = k // 2
-    xl = x.permute(0, 2, 3, 1)                                        # (B, H, W, C)
-    h, w = xl.shape[1:3]
-    xp = F.pad(xl, (0, 0, pad, pad, pad, pad))
-    out = bias if bias is not None else 0
-    for i in range(k):
-        for j in range(k):
-            out = out + xp[:, i:i + h, j:j + w, :] * weight[:, 0, i, j]
-    return out.permute(0, 3, 1, 2)
+def _triton_conv_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """The dispatch rule of :class:`DepthwiseConv2d`'s Triton kernel: float32
+    CUDA maps when no gradient is needed (tests patch it to run the kernel
+    under the CPU interpreter)."""
+    return (x.is_cuda and x.dtype == weight.dtype == torch.float32
+            and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)))
 
 
 class DepthwiseConv2d(nn.Conv2d):
     """3x3 (any odd k) stride-1 depthwise convolution with "same" zero
-    padding: an ``nn.Conv2d`` (same parameters and state-dict keys) whose
-    compiled float32 inference runs :func:`depthwise_conv2d_shifted`.
+    padding, then an optional activation: an ``nn.Conv2d`` (same parameters
+    and state-dict keys) that computes ``activation(conv(x))``.
 
-    Only compiled inference (``torch.compile`` tracing with gradients off)
-    on float32 maps takes the shifted sum: there Inductor fuses it with its
-    neighbours and GroupMamba-T's fp32 inference gets about 7% faster. Every
-    other case keeps ``nn.Conv2d``'s cuDNN kernel, as measured on an H100
-    (docs/benchmarks.md): eagerly the sum would be k*k kernels; in compiled
-    training its weight-gradient reductions made the step slower; on
-    half-precision maps (autocast) cuDNN's kernel is faster than the fused
-    sum alone, and the model's AMP inference was not reliably faster with it.
+    Float32 CUDA inference (no gradient needed, eager or compiled) runs conv,
+    bias and activation as one Triton kernel
+    (:func:`mmgroupmamba.ops.depthwise_conv2d`), which reads the map once
+    and writes it once; cuDNN's depthwise kernel plus the activation were two
+    passes at about half the copy bandwidth on an H100 (docs/benchmarks.md).
+    Every other case keeps cuDNN (then the activation): training, which needs
+    the weight gradient, the CPU, and fp16/bf16 maps, where the kernel did
+    not beat cuDNN.
+
+    Args:
+        activation: None, 'gelu' (exact) or 'silu'.
 
     Shapes: (B, C, H, W) -> (B, C, H, W).
     """
 
-    def __init__(self, channels: int, kernel_size: int = 3, bias: bool = True):
+    def __init__(self, channels: int, kernel_size: int = 3, bias: bool = True,
+                 activation: Optional[str] = None):
         if kernel_size < 1 or kernel_size % 2 == 0:
             raise ValueError(f'DepthwiseConv2d: kernel_size must be a positive odd integer '
                              f'("same" padding), got {kernel_size}')
+        if activation not in ACTIVATIONS:
+            raise ValueError(f'DepthwiseConv2d: activation must be one of {ACTIVATIONS}, '
+                             f'got {activation!r}')
         super().__init__(channels, channels, kernel_size, padding=kernel_size // 2,
                          groups=channels, bias=bias)
+        self.activation = activation
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (torch.compiler.is_compiling() and not torch.is_grad_enabled()
-                and x.dtype == self.weight.dtype == torch.float32):
-            return depthwise_conv2d_shifted(x, self.weight, self.bias)
-        return super().forward(x)
+        if _triton_conv_applies(x, self.weight):
+            return depthwise_conv2d(x, self.weight, self.bias, self.activation)
+        y = super().forward(x)
+        if self.activation == 'gelu':
+            return F.gelu(y)
+        if self.activation == 'silu':
+            return F.silu(y)
+        return y
+
+    def extra_repr(self) -> str:
+        return f'{super().extra_repr()}, activation={self.activation!r}'
 
 
 def at_least_fp32(t: torch.Tensor) -> torch.Tensor:

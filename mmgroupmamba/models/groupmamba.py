@@ -249,7 +249,7 @@ class GroupedDirectionalSSM(nn.Module):
         self.dt_rank = math.ceil(c / 16)
         self.directions = tuple(directions)
         self.in_proj_weight = nn.Parameter(torch.empty(groups, 2 * c, c))
-        self.conv2d = DepthwiseConv2d(dim, d_conv)
+        self.conv2d = DepthwiseConv2d(dim, d_conv, activation='silu')
         self.x_proj_weight = nn.Parameter(torch.empty(groups, self.dt_rank + 2 * d_state, c))
         self.dt_projs_weight = nn.Parameter(torch.empty(groups, c, self.dt_rank))
         self.dt_projs_bias = nn.Parameter(torch.empty(groups, c))
@@ -295,7 +295,7 @@ class GroupedDirectionalSSM(nn.Module):
         xs, z = xz.split(c, dim=-1)                                   # (b,h,w,G,c) each
         z = F.silu(z).reshape(b, h, w, dim)
         xs = xs.reshape(b, h, w, dim).permute(0, 3, 1, 2)              # NCHW, channels-last memory
-        xs = F.silu(self.conv2d(xs)).permute(0, 2, 3, 1)              # (b,h,w,C)
+        xs = self.conv2d(xs).permute(0, 2, 3, 1)                      # (b,h,w,C), SiLU'd
         x_dbl = torch.einsum('bhwgd,gkd->bhwgk', xs.reshape(b, h, w, G, c), self.x_proj_weight)
         dts, Bs, Cs = x_dbl.split([R, N, N], dim=-1)                 # (b,h,w,G,R|N|N)
         delta = torch.einsum('bhwgr,gdr->bhwgd', dts, self.dt_projs_weight).reshape(b, h, w, dim)
@@ -370,14 +370,14 @@ class ConvFFN(nn.Module):
     def __init__(self, dim: int, hidden_dim: int, with_dwconv: bool = True):
         super().__init__()
         self.fc1 = Linear(dim, hidden_dim)
-        self.dwconv = DepthwiseConv2d(hidden_dim) if with_dwconv else None
+        self.dwconv = DepthwiseConv2d(hidden_dim, activation='gelu') if with_dwconv else None
         self.fc2 = Linear(hidden_dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.fc1(x)
-        if self.dwconv is not None:
-            x = self.dwconv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
-        return self.fc2(F.gelu(x))
+        if self.dwconv is None:
+            return self.fc2(F.gelu(x))
+        return self.fc2(self.dwconv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1))  # conv + GELU
 
 
 class GroupMambaBlock(nn.Module):

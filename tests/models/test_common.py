@@ -23,57 +23,59 @@ def test_default_init_of_linear_and_layernorm(cls):
     assert all(torch.all(m.weight == 1) and torch.all(m.bias == 0) for m in norms)
 
 
-@pytest.mark.parametrize('k', [1, 3, 5])
-@pytest.mark.parametrize('channels_last', [False, True])
-@pytest.mark.parametrize('with_bias', [False, True])
-def test_depthwise_conv2d_shifted_equals_conv2d(k, channels_last, with_bias):
-    """The shifted-sum form is the zero-padded "same" depthwise convolution
-    (float64, non-square map, a map smaller than the kernel)."""
-    from mmgroupmamba.models.common import depthwise_conv2d_shifted
+@pytest.mark.parametrize('activation', [None, 'gelu', 'silu'])
+def test_depthwise_conv2d_is_conv_then_activation(kernel_device, activation):
+    """``DepthwiseConv2d`` computes act(conv(x)) with nn.Conv2d's parameters
+    and keys, on the CPU/cuDNN path (gradients on and off) and through the
+    Triton kernel (interpreter; the dispatch rule patched to take it)."""
+    from mmgroupmamba.models import common
     torch.manual_seed(0)
-    for shape in [(2, 6, 5, 7), (1, 3, 1, 2)]:
-        x = torch.randn(shape, dtype=torch.float64)
-        if channels_last:
-            x = x.to(memory_format=torch.channels_last)
-        weight = torch.randn(shape[1], 1, k, k, dtype=torch.float64)
-        bias = torch.randn(shape[1], dtype=torch.float64) if with_bias else None
-        want = torch.nn.functional.conv2d(x, weight, bias, padding=k // 2, groups=shape[1])
-        got = depthwise_conv2d_shifted(x, weight, bias)
-        assert got.shape == want.shape
-        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
-
-
-def _traced_ops(module, x, grad: bool):
-    """Names of the calls in the FX graph torch.compile traces for
-    ``module(x)`` (with gradients on or off), and the compiled output."""
-    names = []
-
-    def backend(gm, example_inputs):
-        names.extend(str(n.target) for n in gm.graph.nodes if n.op == 'call_function')
-        return gm.forward
-
-    torch._dynamo.reset()
-    with torch.set_grad_enabled(grad):
-        out = torch.compile(module, backend=backend, fullgraph=True)(x)
-    return names, out
-
-
-def test_depthwise_conv2d_takes_the_shifted_sum_only_in_compiled_fp32_inference():
-    from mmgroupmamba.models.common import DepthwiseConv2d
-    torch.manual_seed(0)
-    for dtype in (torch.float32, torch.float64):
-        conv = DepthwiseConv2d(8).to(dtype)
-        x = torch.randn(2, 8, 6, 5, dtype=dtype).to(memory_format=torch.channels_last)
-        want = torch.nn.functional.conv2d(x, conv.weight, conv.bias, padding=1, groups=8)
-        for grad in (False, True):
-            names, out = _traced_ops(conv, x, grad)
-            shifted = not grad and dtype == torch.float32
-            assert any('conv2d' in n for n in names) != shifted, (dtype, grad, names)
-            torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-6)
-    # eagerly it is nn.Conv2d (the same parameters and keys)
+    conv = common.DepthwiseConv2d(8, activation=activation).to(kernel_device)
     assert isinstance(conv, nn.Conv2d) and sorted(conv.state_dict()) == ['bias', 'weight']
+    x = torch.randn(2, 8, 6, 5, device=kernel_device).to(memory_format=torch.channels_last)
+    want = torch.nn.functional.conv2d(x.double(), conv.weight.double(), conv.bias.double(),
+                                      padding=1, groups=8)
+    want = {None: want, 'gelu': torch.nn.functional.gelu(want),
+            'silu': torch.nn.functional.silu(want)}[activation]
+    out = conv(x)
+    assert out.requires_grad
+    torch.testing.assert_close(out.double(), want, rtol=1e-5, atol=1e-6)
     with torch.no_grad():
-        torch.testing.assert_close(conv(x), want)
+        torch.testing.assert_close(conv(x).double(), want, rtol=1e-5, atol=1e-6)
+    calls = []
+    real = common.depthwise_conv2d
+
+    def spy(*args):
+        calls.append(args[3])
+        return real(*args)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(common, '_triton_conv_applies', lambda x, w: True)
+        mp.setattr(common, 'depthwise_conv2d', spy)
+        with torch.no_grad():
+            got = conv(x)
+    assert calls == [activation]
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-6)
+
+
+def test_depthwise_conv2d_takes_the_kernel_for_cuda_fp32_inference_only():
+    """The dispatch rule: the CPU and anything needing a gradient keep cuDNN;
+    with a GPU, fp32 CUDA maps without gradient take the kernel, fp16 not."""
+    from mmgroupmamba.models.common import _triton_conv_applies
+    w = torch.randn(8, 1, 3, 3)
+    assert not _triton_conv_applies(torch.randn(1, 8, 4, 4), w)
+    if torch.cuda.is_available():
+        x, w = torch.randn(1, 8, 4, 4, device='cuda'), w.cuda()
+        with torch.no_grad():
+            assert _triton_conv_applies(x, w)
+            assert not _triton_conv_applies(x.half(), w.half())
+        assert _triton_conv_applies(x, w)               # nothing requires a gradient
+        assert not _triton_conv_applies(x, w.requires_grad_())
+
+
+def test_depthwise_conv2d_rejects_an_unknown_activation():
+    from mmgroupmamba.models.common import DepthwiseConv2d
+    with pytest.raises(ValueError, match="activation must be one of .*'relu'"):
+        DepthwiseConv2d(8, activation='relu')
 
 
 def test_depthwise_conv2d_rejects_an_even_kernel():

@@ -46,9 +46,8 @@ def test_backbone_compiles_fullgraph_and_matches_eager(family):
 
 @pytest.mark.parametrize('family', sorted(ARCHS))
 def test_backbone_compiled_inference_matches_eager(family):
-    """Compiled fp32 inference (gradients off; GroupMamba's depthwise convs
-    are then shifted sums, ``DepthwiseConv2d``) traces whole and computes
-    the eager function."""
+    """Compiled fp32 inference (gradients off) traces whole and computes the
+    eager function."""
     model, x, compiled = _model_input_compiled(family, train=False)
     with torch.no_grad():
         want, got = model(x), compiled(x)

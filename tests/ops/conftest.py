@@ -1,16 +1,5 @@
 """Fixtures of the selective-scan tests: where the Triton kernels run."""
 import pytest
-import torch
-
-
-@pytest.fixture
-def kernel_device(request) -> str:
-    """'cuda' with ``--gpu`` (compiled kernels), else 'cpu' (interpreter)."""
-    if request.config.getoption('--gpu'):
-        if not torch.cuda.is_available():
-            pytest.skip('--gpu given but CUDA is not available')
-        return 'cuda'
-    return 'cpu'
 
 
 @pytest.fixture
