@@ -2,6 +2,7 @@
 
     python tools/benchmark_model.py [--models groupmamba_tiny spatialmamba_tiny ...] [--batch 128] [--size 224]
            [--modes infer_fp32 infer_amp train_amp] [--compile] [--with-cp 1 0 0 0]
+           [--compile-mode default|reduce-overhead|max-autotune-no-cudagraphs]
            [--fp32-gemm tf32x3|ieee] [--json OUT]
 
 Per model and mode: images/s over ``--iters`` timed steps after ``--warmup``
@@ -15,7 +16,9 @@ AMP is fp16 autocast with a GradScaler, as the official training.
 one flag for all stages or one per stage. ``--fp32-gemm`` picks the float32
 GEMM algorithm (default 'tf32x3', see ``mmgroupmamba.ops.linear``; 'ieee' is
 PyTorch's SIMT fp32 GEMM): it matters for ``infer_fp32`` only, autocast GEMMs
-are fp16.
+are fp16. ``--compile-mode`` is ``torch.compile``'s ``mode``: 'reduce-overhead'
+replays each step from a CUDA graph (fixed shapes), which removes the
+launch gaps between kernels.
 """
 import argparse
 import json
@@ -50,13 +53,13 @@ def with_cp_flags(values: Sequence[int]) -> Union[bool, Tuple[bool, ...]]:
 
 
 def build(name: str, compile_model: bool, with_cp: Union[bool, Tuple[bool, ...]] = False,
-          fp32_gemm: str = 'tf32x3'):
+          fp32_gemm: str = 'tf32x3', compile_mode: str = 'default'):
     """(eager model, the model to run: compiled or the same), on the GPU, seeded."""
     torch.manual_seed(0)
     kwargs = dict(distillation=True) if name.startswith('groupmamba') else {}
     eager = mmgroupmamba.create_model(name, num_classes=1000, with_cp=with_cp,
                                       fp32_gemm=fp32_gemm, **kwargs).cuda()
-    return eager, (torch.compile(eager) if compile_model else eager)
+    return eager, (torch.compile(eager, mode=compile_mode) if compile_model else eager)
 
 
 def make_step(model: torch.nn.Module, mode: str, x: torch.Tensor) -> Callable[[], None]:
@@ -102,8 +105,8 @@ def _logits(out) -> torch.Tensor:
 
 def bench(name: str, mode: str, batch: int, size: int, warmup: int, iters: int,
           compile_model: bool, with_cp: Union[bool, Tuple[bool, ...]] = False,
-          fp32_gemm: str = 'tf32x3') -> dict:
-    eager, model = build(name, compile_model, with_cp, fp32_gemm)
+          fp32_gemm: str = 'tf32x3', compile_mode: str = 'default') -> dict:
+    eager, model = build(name, compile_model, with_cp, fp32_gemm, compile_mode)
     x = torch.randn(batch, 3, size, size, device='cuda')
     check = None
     if compile_model and mode.startswith('infer'):
@@ -122,6 +125,7 @@ def bench(name: str, mode: str, batch: int, size: int, warmup: int, iters: int,
     first = time.perf_counter() - t0
     sec = _timed(step, warmup, iters)
     return dict(model=name, mode=mode, batch=batch, size=size, compiled=compile_model,
+                compile_mode=compile_mode if compile_model else None,
                 with_cp=with_cp,
                 img_per_s=batch / sec, peak_gib=torch.cuda.max_memory_allocated() / 2**30,
                 first_step_s=first, rel_err_vs_eager=check)
@@ -137,6 +141,9 @@ def main() -> None:
     parser.add_argument('--warmup', type=int, default=10)
     parser.add_argument('--iters', type=int, default=30)
     parser.add_argument('--compile', action='store_true', help='torch.compile the model')
+    parser.add_argument('--compile-mode', default='default',
+                        choices=['default', 'reduce-overhead', 'max-autotune-no-cudagraphs'],
+                        help="torch.compile's mode ('reduce-overhead': CUDA graphs)")
     parser.add_argument('--with-cp', nargs='+', default=['0'], metavar='0|1',
                         help='activation checkpointing: one flag for all stages or one per stage')
     parser.add_argument('--fp32-gemm', default='tf32x3', choices=['tf32x3', 'ieee'],
@@ -153,14 +160,16 @@ def main() -> None:
     for name in args.models:
         for mode in args.modes:
             row = bench(name, mode, args.batch, args.size, args.warmup, args.iters, args.compile,
-                        with_cp_flags(args.with_cp), args.fp32_gemm)
+                        with_cp_flags(args.with_cp), args.fp32_gemm, args.compile_mode)
             rows.append(row)
             err = row['rel_err_vs_eager']
             err = '–' if err is None else f'{err:.1e}'
             cp = f", with_cp={row['with_cp']}" if row['with_cp'] else ''
             if mode == 'infer_fp32':
                 cp += f', fp32_gemm={args.fp32_gemm}'
-            print(f"| {name} | {mode}{' (compiled)' if args.compile else ''}{cp} | {args.batch} | "
+            how = '' if not args.compile else (
+                ' (compiled)' if args.compile_mode == 'default' else f' (compiled, {args.compile_mode})')
+            print(f"| {name} | {mode}{how}{cp} | {args.batch} | "
                   f"{row['img_per_s']:.0f} | {row['peak_gib']:.1f} | {row['first_step_s']:.1f} | "
                   f'{err} |', flush=True)
     if args.json:

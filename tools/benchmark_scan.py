@@ -51,6 +51,11 @@ CASES = [
     ('Spatial-Mamba-T stage 2 (states)', 128, 256, 28, 28, None, None, 1, True),
     ('Spatial-Mamba-T stage 3 (states)', 128, 512, 14, 14, None, None, 1, True),
     ('Spatial-Mamba-T stage 4 (states)', 128, 1024, 7, 7, None, None, 1, True),
+    # GroupMamba-B's groups (embed dims 96, 192, 424, 512): no official figure
+    ('GroupMamba-B stage 1', 128, 24, 56, 56, None, None, 4, False),
+    ('GroupMamba-B stage 2', 128, 48, 28, 28, None, None, 4, False),
+    ('GroupMamba-B stage 3', 128, 106, 14, 14, None, None, 4, False),
+    ('GroupMamba-B stage 4', 128, 128, 7, 7, None, None, 4, False),
 ]
 
 

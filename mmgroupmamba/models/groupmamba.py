@@ -168,7 +168,10 @@ class ConvStem(nn.Module):
         self.norm = nn.LayerNorm(out_channels, eps=_EPS_DEFAULT)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.proj(self.conv(x))
+        # Channels-last memory from the first conv on: cuDNN's kernels are
+        # NHWC, so NCHW maps cost a layout conversion around every conv, and
+        # the (B, H, W, C) output below is then a view, not a copy.
+        x = self.proj(self.conv(x.contiguous(memory_format=torch.channels_last)))
         return self.norm(x.permute(0, 2, 3, 1))
 
 

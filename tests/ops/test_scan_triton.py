@@ -158,12 +158,15 @@ def test_out_dtype_errors():
         selective_scan_2d(*args[:4], None, ('lr',), out_dtype=torch.float32)
 
 
-# (batch, dim, groups, N, H, W), states: 16-channel groups; N = 16; groups of
-# >= 32 channels (8-channel tiles on 2 warps, atomic dB/dC); the states mode
-# there (forward on 16-channel tiles, backward on 8).
+# (batch, dim, groups, N, H, W), states: 16-channel groups, on lines of 9-16
+# steps (one run per line) and longer ones; N = 16; groups of
+# >= 32 channels (8-channel tiles on 2 warps, atomic dB/dC), on both kinds of
+# lines; the states mode (forward on 16-channel tiles, backward on 8).
 @pytest.mark.parametrize('shape, states', [((2, 64, 4, 1, 14, 14), False),
+                                           ((2, 64, 4, 1, 18, 20), False),
                                            ((1, 32, 2, 16, 8, 9), False),
                                            ((2, 140, 4, 1, 9, 7), False),
+                                           ((2, 140, 4, 1, 16, 11), False),
                                            ((1, 64, 1, 1, 6, 5), True)])
 def test_default_gpu_tiles(shape, states, request):
     """Larger shapes with the heuristic (GPU) tiles; GPU only (too slow to interpret)."""
