@@ -36,6 +36,9 @@ val_evaluator = dict(type='Accuracy', topk=(1, ))
 test_evaluator = val_evaluator
 
 optim_wrapper = dict(optimizer=dict(lr=5e-4))
+# lr 5e-4 is for one process's batch of 16: `--auto-scale-lr` scales it to
+# the world's batch (the inherited 1024 would shrink it 32-fold on 2 GPUs)
+auto_scale_lr = dict(base_batch_size=16)
 param_scheduler = [
     dict(type='LinearLR', start_factor=0.1, by_epoch=True, begin=0, end=1,
          convert_to_iter_based=True),
