@@ -167,8 +167,10 @@ def main() -> None:
             cp = f", with_cp={row['with_cp']}" if row['with_cp'] else ''
             if mode == 'infer_fp32':
                 cp += f', fp32_gemm={args.fp32_gemm}'
-            how = '' if not args.compile else (
-                ' (compiled)' if args.compile_mode == 'default' else f' (compiled, {args.compile_mode})')
+            how = ''
+            if args.compile:
+                how = (' (compiled)' if args.compile_mode == 'default'
+                       else f' (compiled, {args.compile_mode})')
             print(f"| {name} | {mode}{how}{cp} | {args.batch} | "
                   f"{row['img_per_s']:.0f} | {row['peak_gib']:.1f} | {row['first_step_s']:.1f} | "
                   f'{err} |', flush=True)

@@ -133,8 +133,8 @@ def scan_config(batch: int, dim: int, groups: int, n_state: int, height: int, wi
         if np_ == 1 and not states and 8 < min(height, width) and max(height, width) <= 16:
             # Lines of 9-16 steps (the 14x14 stage): a run is a whole line,
             # walked inside the thread, two lines per chunk. Measured faster
-            # there in both passes and dtypes; longer lines lose parallelism
-            # and 7x7 maps lose to padding (docs/benchmarks.md).
+            # there (forward in both dtypes, backward in fp32); slower on
+            # 28x28 and on 7x7 maps (docs/benchmarks.md).
             r, nj = 16, 2
     bd = ov.get('BD', bd)
     r = min(ov.get('R', r), _np2(n_min))
