@@ -131,9 +131,8 @@ def _prune(configs, named_args, **kwargs):
 _CONFIGS = [triton.Config(dict(BM=bm, BN=bn, BK=32), num_warps=w, num_stages=s)
             for bm, bn, w, s in [(128, 64, 4, 4), (128, 128, 8, 3), (128, 64, 4, 3),
                                  (64, 64, 4, 4), (128, 128, 4, 3), (256, 64, 8, 3)]]
-_linear_kernel_tuned = triton.autotune(_CONFIGS, key=['N', 'K'],
-                                       prune_configs_by=dict(early_config_prune=_prune)
-                                       )(_linear_kernel)
+_linear_kernel_tuned = triton.autotune(
+    _CONFIGS, key=['N', 'K'], prune_configs_by=dict(early_config_prune=_prune))(_linear_kernel)
 
 
 def linear_triton(x: Tensor, w_hi: Tensor, w_lo: Tensor, bias: Optional[Tensor] = None

@@ -178,6 +178,32 @@ def test_default_gpu_tiles(shape, states, request):
     _check(inp, ('lr', 'tb', 'rl', 'bt')[:shape[2]], True, states=states)
 
 
+@pytest.mark.parametrize('height, width, states, want', [
+    (14, 14, False, (16, 2)),   # 9-16-step lines: one run per line, two lines per chunk
+    (16, 11, False, (16, 2)),
+    (28, 28, False, (4, 16)),   # longer lines: runs of 4 steps
+    (14, 28, False, (4, 16)),
+    (7, 7, False, (4, 16)),     # 7-step lines: runs of 4 (whole lines were slower)
+    (14, 14, True, (4, 16)),    # the states mode keeps its measured tile
+])
+def test_gpu_heuristic_runs_per_line_on_short_lines(monkeypatch, height, width, states, want):
+    """The GPU tile heuristic (measured on an H100, docs/benchmarks.md) takes
+    whole-line runs only where every scan line has 9-16 steps, and both
+    passes agree on the chunking (the backward reads the forward's
+    checkpoints)."""
+    from types import SimpleNamespace
+
+    from mmgroupmamba.ops import triton_scan
+    monkeypatch.setattr(triton_scan, '_INTERPRET', False)
+    monkeypatch.setattr(torch.cuda, 'current_device', lambda: 0)
+    monkeypatch.setattr(torch.cuda, 'get_device_properties',
+                        lambda d: SimpleNamespace(multi_processor_count=132))
+    cfgs = [triton_scan.scan_config(128, 424, 4, 1, height, width, (0, 1, 2, 3), True,
+                                    backward=b, states=states) for b in (False, True)]
+    assert {(c['R'], c['NJ']) for c in cfgs} == {want}
+    assert cfgs[0]['NCH'] == cfgs[1]['NCH']
+
+
 def test_pack_directions():
     """Direction codes travel as one int32 argument, 2 bits per group (a
     device tensor built from a list would synchronise the stream per call)."""
