@@ -1,5 +1,5 @@
 """Pieces shared by the backbones (GroupMamba, Spatial-Mamba): stochastic
-depth, the depthwise convolution, argument checks, the stage-freezing /
+depth, the depthwise convolution, the stems' conv-BN-ReLU, argument checks, the stage-freezing /
 ``norm_eval`` train mode, and strict pretrained loading with a readable key
 report.
 
@@ -12,6 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint as cp
 
+from ..ops.conv import conv2d_bias_relu
 from ..ops.depthwise_conv import ACTIVATIONS, depthwise_conv2d
 from ..ops.linear import FP32_GEMM_MODES
 
@@ -87,6 +88,52 @@ class DepthwiseConv2d(nn.Conv2d):
 
     def extra_repr(self) -> str:
         return f'{super().extra_repr()}, activation={self.activation!r}'
+
+
+def fold_batchnorm(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(weight, bias) of the one convolution that computes ``bn(conv(x))``
+    with ``bn``'s running statistics (eval mode): the output channel o is
+    scaled by s_o = gamma_o / sqrt(var_o + eps) and shifted by
+    beta_o - mean_o * s_o (plus s_o times the conv's own bias)."""
+    scale = torch.rsqrt(bn.running_var + bn.eps)
+    if bn.weight is not None:
+        scale = scale * bn.weight
+    bias = -bn.running_mean * scale
+    if bn.bias is not None:
+        bias = bias + bn.bias
+    if conv.bias is not None:
+        bias = bias + conv.bias * scale
+    return conv.weight * scale.reshape(-1, 1, 1, 1), bias
+
+
+def _fused_conv_bn_applies(x: torch.Tensor, conv: nn.Conv2d, bn: nn.BatchNorm2d) -> bool:
+    """The dispatch rule of :func:`conv_bn_relu`: float32 CUDA maps, ``bn``
+    using running statistics, no autocast, no gradient needed (tests patch
+    it to take the fused path on the CPU)."""
+    return (x.is_cuda and x.dtype == conv.weight.dtype == torch.float32
+            and not bn.training and bn.running_var is not None
+            and conv.padding_mode == 'zeros' and not isinstance(conv.padding, str)
+            and not torch.is_autocast_enabled('cuda')
+            and not (torch.is_grad_enabled()
+                     and (x.requires_grad
+                          or any(p.requires_grad for p in conv.parameters())
+                          or any(p.requires_grad for p in bn.parameters()))))
+
+
+def conv_bn_relu(x: torch.Tensor, conv: nn.Conv2d, bn: nn.BatchNorm2d) -> torch.Tensor:
+    """``relu(bn(conv(x)))``. In float32 CUDA inference with ``bn`` in eval
+    mode, ``bn`` is folded into the convolution (:func:`fold_batchnorm`) and
+    cuDNN runs conv + bias + ReLU as one kernel
+    (:func:`mmgroupmamba.ops.conv.conv2d_bias_relu`, channels-last output);
+    everything else (training, autocast, the CPU) runs the three modules.
+
+    Shapes: (B, C_in, H, W) -> (B, C_out, H', W').
+    """
+    if _fused_conv_bn_applies(x, conv, bn):
+        weight, bias = fold_batchnorm(conv, bn)
+        return conv2d_bias_relu(x, weight, bias, list(conv.stride), list(conv.padding),
+                                list(conv.dilation), conv.groups)
+    return F.relu(bn(conv(x)))
 
 
 def at_least_fp32(t: torch.Tensor) -> torch.Tensor:

@@ -28,8 +28,8 @@ import torch.nn.functional as F
 
 from ..ops import selective_scan_2d
 from ..ops.linear import Linear, set_fp32_gemm
-from .common import (DepthwiseConv2d, DropPath, StagedBackbone, at_least_fp32, drop_path_rates,
-                     init_linear_norm_, load_classifier_state, run_blocks)
+from .common import (DepthwiseConv2d, DropPath, StagedBackbone, at_least_fp32, conv_bn_relu,
+                     drop_path_rates, init_linear_norm_, load_classifier_state, run_blocks)
 
 __all__ = [
     'arch_settings', 'ConvStem', 'Downsample', 'GroupedLayerNorm', 'GroupedDirectionalSSM',
@@ -150,7 +150,9 @@ def official_init_(module: nn.Module) -> None:
 class ConvStem(nn.Module):
     """Stem: 7x7/2 conv-BN-ReLU, two 3x3 conv-BN-ReLU, 3x3/2 conv (bias),
     LayerNorm (eps 1e-5). ``conv`` keeps the official Sequential indices
-    (0, 3, 6 convs; 1, 4, 7 BatchNorms).
+    (0, 3, 6 convs; 1, 4, 7 BatchNorms; the ReLUs at 2, 5, 8 hold no
+    parameters): each triple runs through :func:`conv_bn_relu`, one cuDNN
+    kernel in fp32 inference.
 
     Shapes: (B, in_channels, H, W) -> (B, ceil(H/4), ceil(W/4), out_channels).
     """
@@ -171,8 +173,10 @@ class ConvStem(nn.Module):
         # Channels-last memory from the first conv on: cuDNN ran these convs
         # with NHWC kernels and converted NCHW maps around each one (2 ms of
         # B's fp32 step on an H100); the permute below is then a plain view.
-        x = self.proj(self.conv(x.contiguous(memory_format=torch.channels_last)))
-        return self.norm(x.permute(0, 2, 3, 1))
+        x = x.contiguous(memory_format=torch.channels_last)
+        for i in range(0, len(self.conv), 3):
+            x = conv_bn_relu(x, self.conv[i], self.conv[i + 1])
+        return self.norm(self.proj(x).permute(0, 2, 3, 1))
 
 
 class Downsample(nn.Module):

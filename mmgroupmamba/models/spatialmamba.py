@@ -32,8 +32,8 @@ import torch.nn.functional as F
 
 from ..ops import selective_scan_2d
 from ..ops.linear import Linear, set_fp32_gemm
-from .common import (DropPath, StagedBackbone, at_least_fp32, drop_path_rates, init_linear_norm_,
-                     load_classifier_state, run_blocks)
+from .common import (DropPath, StagedBackbone, at_least_fp32, conv_bn_relu, drop_path_rates,
+                     init_linear_norm_, load_classifier_state, run_blocks)
 
 __all__ = [
     'arch_settings', 'ConvNormAct', 'SpatialMambaStem', 'SpatialMambaDownsample', 'StateFusion',
@@ -98,6 +98,8 @@ class ConvNormAct(nn.Module):
         self.act = nn.ReLU() if act else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.norm is not None and self.act is not None:
+            return conv_bn_relu(x, self.conv, self.norm)   # one cuDNN kernel in fp32 inference
         x = self.conv(x)
         if self.norm is not None:
             x = self.norm(x)
@@ -123,7 +125,9 @@ class SpatialMambaStem(nn.Module):
                                    ConvNormAct(embed_dim * 4, embed_dim, 1, bias=False, act=False))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.conv1(x)
+        # channels-last from the first conv on, as GroupMamba's stem: cuDNN
+        # runs these convs with NHWC kernels
+        x = self.conv1(x.contiguous(memory_format=torch.channels_last))
         x = self.conv2(x) + x
         return self.conv3(x).permute(0, 2, 3, 1)
 

@@ -82,3 +82,72 @@ def test_depthwise_conv2d_rejects_an_even_kernel():
     from mmgroupmamba.models.common import DepthwiseConv2d
     with pytest.raises(ValueError, match='kernel_size must be a positive odd integer'):
         DepthwiseConv2d(8, kernel_size=4)
+
+
+def _conv_bn(conv_bias: bool, affine: bool = True, groups: int = 1):
+    """A conv and an eval-mode BatchNorm with non-trivial statistics."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(4, 6, 3, stride=2, padding=1, bias=conv_bias, groups=groups)
+    bn = nn.BatchNorm2d(6, affine=affine)
+    with torch.no_grad():
+        bn.running_mean.uniform_(-1, 1)
+        bn.running_var.uniform_(0.5, 2)
+        if affine:
+            bn.weight.uniform_(0.5, 1.5)
+            bn.bias.uniform_(-0.5, 0.5)
+    return conv, bn.eval()
+
+
+@pytest.mark.parametrize('conv_bias, affine, groups', [(False, True, 1), (True, True, 2),
+                                                       (True, False, 1)])
+def test_fold_batchnorm_is_conv_then_bn(conv_bias, affine, groups):
+    from mmgroupmamba.models.common import fold_batchnorm
+    conv, bn = _conv_bn(conv_bias, affine, groups)
+    conv, bn = conv.double(), bn.double()
+    x = torch.randn(2, 4, 9, 8, dtype=torch.float64)
+    weight, bias = fold_batchnorm(conv, bn)
+    with torch.no_grad():
+        torch.testing.assert_close(torch.nn.functional.conv2d(x, weight, bias, 2, 1, 1, groups),
+                                   bn(conv(x)), rtol=1e-10, atol=1e-10)
+
+
+def test_conv_bn_relu_fused_path_equals_the_modules(monkeypatch):
+    """With the rule patched to take it, ``conv_bn_relu`` calls the fused op
+    on the folded weights and equals relu(bn(conv(x))); unpatched on the CPU
+    it runs the modules (gradients flow)."""
+    from mmgroupmamba.models import common
+    conv, bn = _conv_bn(False)
+    x = torch.randn(2, 4, 9, 8)
+    with torch.no_grad():
+        want = torch.relu(bn(conv(x)))
+    out = common.conv_bn_relu(x, conv, bn)
+    assert out.requires_grad
+    torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-6)
+    calls = []
+    real = common.conv2d_bias_relu
+    monkeypatch.setattr(common, 'conv2d_bias_relu', lambda *a: calls.append(a[3:]) or real(*a))
+    monkeypatch.setattr(common, '_fused_conv_bn_applies', lambda x, conv, bn: True)
+    with torch.no_grad():
+        got = common.conv_bn_relu(x, conv, bn)
+    assert calls == [([2, 2], [1, 1], [1, 1], 1)]
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_conv_bn_relu_fuses_for_cuda_fp32_inference_only():
+    """The rule: the CPU, a training-mode BN (batch statistics) and anything
+    needing a gradient run the modules; with a GPU, fp32 eval maps without
+    gradient take the fused kernel, not under autocast."""
+    from mmgroupmamba.models.common import _fused_conv_bn_applies
+    conv, bn = _conv_bn(False)
+    x = torch.randn(1, 4, 8, 8)
+    with torch.no_grad():
+        assert not _fused_conv_bn_applies(x, conv, bn)
+    if torch.cuda.is_available():
+        x, conv, bn = x.cuda(), conv.cuda(), bn.cuda()
+        assert not _fused_conv_bn_applies(x, conv, bn)              # conv.weight needs a grad
+        with torch.no_grad():
+            assert _fused_conv_bn_applies(x, conv, bn)
+            assert not _fused_conv_bn_applies(x, conv, bn.train())
+            bn.eval()
+            with torch.autocast('cuda', dtype=torch.float16):
+                assert not _fused_conv_bn_applies(x, conv, bn)
