@@ -27,7 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..ops import selective_scan_2d
-from ..ops.linear import Linear, set_fp32_gemm
+from ..ops.linear import Linear, grouped_linear, set_fp32_gemm
 from .common import (DepthwiseConv2d, DropPath, StagedBackbone, at_least_fp32, conv_bn_relu,
                      drop_path_rates, init_linear_norm_, load_classifier_state, run_blocks)
 
@@ -298,14 +298,13 @@ class GroupedDirectionalSSM(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, h, w, dim = x.shape
         G, c, R, N = self.groups, self.group_dim, self.dt_rank, self.d_state
-        xz = torch.einsum('bhwgi,goi->bhwgo', x.reshape(b, h, w, G, c), self.in_proj_weight)
-        xs, z = xz.split(c, dim=-1)                                   # (b,h,w,G,c) each
-        z = F.silu(z).reshape(b, h, w, dim)
+        xs, z = grouped_linear(x.reshape(b, h, w, G, c), self.in_proj_weight, (c, c))
+        z = F.silu(z).reshape(b, h, w, dim)                           # (b,h,w,G,c) -> (b,h,w,C)
         xs = xs.reshape(b, h, w, dim).permute(0, 3, 1, 2)              # NCHW, channels-last memory
         xs = self.conv2d(xs).permute(0, 2, 3, 1)                      # (b,h,w,C), SiLU'd
-        x_dbl = torch.einsum('bhwgd,gkd->bhwgk', xs.reshape(b, h, w, G, c), self.x_proj_weight)
+        x_dbl = grouped_linear(xs.reshape(b, h, w, G, c), self.x_proj_weight)
         dts, Bs, Cs = x_dbl.split([R, N, N], dim=-1)                 # (b,h,w,G,R|N|N)
-        delta = torch.einsum('bhwgr,gdr->bhwgd', dts, self.dt_projs_weight).reshape(b, h, w, dim)
+        delta = grouped_linear(dts, self.dt_projs_weight).reshape(b, h, w, dim)
         # The scan computes in float32 and returns float32 y (as upstream's
         # force_fp32); its map inputs stay in their (autocast) dtype: the
         # kernel upcasts on load, the same values without float32 copies.
@@ -316,7 +315,7 @@ class GroupedDirectionalSSM(nn.Module):
             delta_softplus=True, channels_last=True,
             out_dtype=torch.promote_types(xs.dtype, torch.float32))  # (b,h,w,C), >= fp32
         y = self.out_norm(y).to(xs.dtype) * z
-        out = torch.einsum('bhwgi,goi->bhwgo', y.reshape(b, h, w, G, c), self.out_proj_weight)
+        out = grouped_linear(y.reshape(b, h, w, G, c), self.out_proj_weight)
         return out.reshape(b, h, w, dim)
 
     def extra_repr(self) -> str:

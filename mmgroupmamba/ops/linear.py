@@ -34,10 +34,14 @@ already), the batch-sized GEMMs of the channel attention, and
 (``mmgroupmamba::linear_tf32x3``) with a fake kernel, so ``torch.compile``
 traces it without a graph break. Its backward uses cuBLAS: the fast path is
 meant for fp32 inference, and fp32 training through it stays correct.
+
+:func:`grouped_linear` is the grouped projection of GroupMamba's SSM (G
+independent maps on channel groups): in float32 CUDA inference a cuBLAS
+batched GEMM that reads and writes the groups in place, elsewhere an einsum.
 """
 import contextlib
 import os
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -285,5 +289,95 @@ def set_fp32_gemm(module: nn.Module, fp32_gemm: str) -> nn.Module:
     return module
 
 
-__all__: List[str] = ['FP32_GEMM_MODES', 'MIN_ROWS', 'PROMOTE_STEPS', 'Linear', 'linear',
-                      'linear_tf32x3', 'linear_triton', 'set_fp32_gemm', 'tf32_split']
+# ----------------------------------------------------------------------------
+# Grouped projections: G independent (K -> N) linear maps on channel groups.
+# ----------------------------------------------------------------------------
+@torch.library.custom_op('mmgroupmamba::grouped_linear_bmm', mutates_args=())
+def grouped_linear_bmm(x: Tensor, weights: List[Tensor]) -> List[Tensor]:
+    """One cuBLAS batched GEMM per weight, on group-strided views.
+
+    Args:
+        x: (G, M, K), typically the view ``rows.transpose(0, 1)`` of (M, G, K)
+            rows (strides (K, G*K, 1)).
+        weights: each (G, K, n), any strides with one of the last two unit.
+    Returns:
+        per weight, (G, M, n) with strides (n, G*n, 1): the view of a
+        contiguous (M, G, n) tensor.
+
+    cuBLAS reads and writes these views as they are (lda = G*K, ldc = G*n,
+    batch strides K and n), so neither side is permuted into a copy. The
+    function is kept to the bare calls: it runs once per projection on the
+    host, where a compiled step of the smaller models is nearly as long as
+    its GPU work.
+    """
+    outs = []
+    for w in weights:
+        out = x.new_empty(x.shape[1], x.shape[0], w.shape[2]).transpose(0, 1)
+        torch.bmm(x, w, out=out)
+        outs.append(out)
+    return outs
+
+
+@grouped_linear_bmm.register_fake
+def _grouped_linear_bmm_fake(x, weights):
+    return [x.new_empty(x.shape[1], x.shape[0], w.shape[2]).transpose(0, 1) for w in weights]
+
+
+@register_flop_formula(torch.ops.mmgroupmamba.grouped_linear_bmm)
+def _grouped_linear_flops(x_shape, weight_shapes, *args, out_shape=None, **kwargs) -> int:
+    g, m, k = x_shape
+    return sum(2 * g * m * k * w[2] for w in weight_shapes)
+
+
+def _use_bmm(x: Tensor, weight: Tensor) -> bool:
+    """The dispatch rule of :func:`grouped_linear` (tests patch it)."""
+    return (x.is_cuda and x.dtype == weight.dtype == torch.float32
+            and not torch.is_autocast_enabled('cuda')
+            and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)))
+
+
+def grouped_linear(x: Tensor, weight: Tensor,
+                   sizes: Optional[Sequence[int]] = None) -> Union[Tensor, Tuple[Tensor, ...]]:
+    """Group-wise linear map without bias: ``y[..., g, :] = x[..., g, :] @
+    weight[g].T``, i.e. ``einsum('...gk,gnk->...gn', x, weight)``, optionally
+    split along N as ``y.split(sizes, -1)``.
+
+    Float32 CUDA inference (no autocast, no gradient) runs one batched cuBLAS
+    GEMM per part on the group-strided views (:func:`grouped_linear_bmm`),
+    and every part comes out contiguous. Compiled, the einsum made Inductor
+    copy its input into (G, M, K) order and its output back, and a split part
+    of in_proj's output was copied again before the depthwise conv; without
+    those copies GroupMamba-B's fp32 inference step takes about 2 ms less
+    device time on an H100 (docs/benchmarks.md). The GEMMs are the same
+    SIMT fp32 ones, so the values are too. Everything else (training,
+    autocast, the CPU) takes the einsum.
+
+    Args:
+        x: (..., G, K). weight: (G, N, K).
+        sizes: None (return y) or the split of N (return a tuple of parts).
+    """
+    if weight.dim() != 3:
+        raise ValueError(f'weight: expected (G, N, K), got {tuple(weight.shape)}')
+    g, n, k = weight.shape
+    if x.dim() < 2 or tuple(x.shape[-2:]) != (g, k):
+        raise ValueError(f'x: expected (..., G, K) with G = {g}, K = {k} (weight\'s groups and '
+                         f'inputs), got {tuple(x.shape)}')
+    parts = [n] if sizes is None else [int(s) for s in sizes]
+    if sum(parts) != n or min(parts) < 1:
+        raise ValueError(f'sizes: expected positive parts summing to N = {n}, got {sizes}')
+    if _use_bmm(x, weight):
+        bounds = [0]
+        for p in parts:
+            bounds.append(bounds[-1] + p)
+        outs = grouped_linear_bmm(x.reshape(-1, g, k).transpose(0, 1),
+                                  [weight[:, i:j].transpose(1, 2)
+                                   for i, j in zip(bounds[:-1], bounds[1:])])
+        outs = [o.transpose(0, 1).reshape(*x.shape[:-1], p) for o, p in zip(outs, parts)]
+        return outs[0] if sizes is None else tuple(outs)
+    y = torch.einsum('...gk,gnk->...gn', x, weight)
+    return y if sizes is None else y.split(parts, dim=-1)
+
+
+__all__: List[str] = ['FP32_GEMM_MODES', 'MIN_ROWS', 'PROMOTE_STEPS', 'Linear', 'grouped_linear',
+                      'grouped_linear_bmm', 'linear', 'linear_tf32x3', 'linear_triton',
+                      'set_fp32_gemm', 'tf32_split']

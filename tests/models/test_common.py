@@ -151,3 +151,47 @@ def test_conv_bn_relu_fuses_for_cuda_fp32_inference_only():
             bn.eval()
             with torch.autocast('cuda', dtype=torch.float16):
                 assert not _fused_conv_bn_applies(x, conv, bn)
+
+
+@pytest.mark.parametrize('cls', [GroupMamba, SpatialMamba])
+def test_fast_inference_paths_equal_the_plain_ones(cls, kernel_device, monkeypatch):
+    """The restructured inference of a backbone (stem conv-BN-ReLU folded
+    into one op, GroupMamba's grouped projections as batched GEMMs on
+    group-strided views) against the plain modules (einsum, conv -> BN ->
+    ReLU), with non-trivial BN statistics. The rules are patched on, so the
+    CPU runs the same code as a GPU."""
+    from mmgroupmamba.models import common
+    from mmgroupmamba.ops import linear as lin
+    torch.manual_seed(0)
+    small = (dict(stem_channels=8, embed_dims=(16, 32), depths=(1, 1), mlp_ratios=(2, 2))
+             if cls is GroupMamba else dict(embed_dims=(16, 32), depths=(1, 1)))
+    model = cls(small, out_indices=(0, 1), fp32_gemm='ieee').eval().to(kernel_device)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.5, 0.5)
+    x = torch.randn(2, 3, 24, 20, device=kernel_device)
+    with torch.no_grad():
+        want = model(x)
+        calls = {'conv': 0, 'bmm': 0}
+        real_conv, real_bmm = common.conv2d_bias_relu, lin.grouped_linear_bmm
+
+        def conv_spy(*a):
+            calls['conv'] += 1
+            return real_conv(*a)
+
+        def bmm_spy(*a):
+            calls['bmm'] += 1
+            return real_bmm(*a)
+        monkeypatch.setattr(common, 'conv2d_bias_relu', conv_spy)
+        monkeypatch.setattr(lin, 'grouped_linear_bmm', bmm_spy)
+        monkeypatch.setattr(common, '_fused_conv_bn_applies', lambda x, conv, bn: True)
+        monkeypatch.setattr(lin, '_use_bmm', lambda x, w: True)
+        got = model(x)
+    # GroupMamba: 3 stem convs, 4 projections per block; Spatial-Mamba: 3 stem convs
+    assert calls == ({'conv': 3, 'bmm': 8} if cls is GroupMamba else {'conv': 3, 'bmm': 0})
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)

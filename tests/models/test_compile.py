@@ -53,3 +53,21 @@ def test_backbone_compiled_inference_matches_eager(family):
         want, got = model(x), compiled(x)
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize('family', sorted(ARCHS))
+def test_fast_inference_paths_trace_whole(family, monkeypatch):
+    """The fp32 CUDA inference paths of the stem (fused conv-BN-ReLU) and of
+    GroupMamba's grouped projections (batched GEMMs), with their rules
+    patched on so that the CPU takes them, trace whole through their fake
+    kernels and equal eager (the depthwise-conv kernel's tracing is tested
+    with the op)."""
+    from mmgroupmamba.models import common
+    from mmgroupmamba.ops import linear as lin
+    monkeypatch.setattr(common, '_fused_conv_bn_applies', lambda x, conv, bn: True)
+    monkeypatch.setattr(lin, '_use_bmm', lambda x, w: True)
+    model, x, compiled = _model_input_compiled(family, train=False)
+    with torch.no_grad():
+        want, got = model(x), compiled(x)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)

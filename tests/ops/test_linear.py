@@ -153,3 +153,92 @@ def test_backbone_fast_path_matches_plain_path(family, kernel_device, monkeypatc
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-4), (a - b).abs().max()
     with pytest.raises(ValueError, match='fp32_gemm'):
         net(arch, out_indices=(0, 1), fp32_gemm='tf32')
+
+
+def _grouped_inputs(device, strided):
+    """x (2, 3, 5, G=4, K=6), contiguous or a slice of a wider last axis (as
+    the SSM's dt rows of x_proj's output); weight (4, 7, 6)."""
+    gen = torch.Generator().manual_seed(1)
+    wide = torch.randn(2, 3, 5, 4, 9, generator=gen).to(device)
+    x = wide[..., :6] if strided else wide[..., :6].contiguous()
+    weight = torch.randn(4, 7, 6, generator=gen).to(device)
+    return x, weight
+
+
+def _bmm(x, weight, parts):
+    """The op on the views ``grouped_linear`` passes: (G, M, K) rows and
+    (G, K, n) weight slices; results back as (..., G, n)."""
+    g, _, k = weight.shape
+    bounds = [0] + [sum(parts[:i + 1]) for i in range(len(parts))]
+    outs = lin.grouped_linear_bmm(x.reshape(-1, g, k).transpose(0, 1),
+                                  [weight[:, i:j].transpose(1, 2)
+                                   for i, j in zip(bounds[:-1], bounds[1:])])
+    for out, n in zip(outs, parts):      # stored as contiguous (M, G, n)
+        assert out.shape == (g, x.numel() // (g * k), n) and out.stride() == (n, g * n, 1)
+    return [o.transpose(0, 1).reshape(*x.shape[:-1], o.shape[-1]) for o in outs]
+
+
+@pytest.mark.parametrize('strided', [False, True])
+def test_grouped_linear_bmm_matches_einsum(kernel_device, strided):
+    """The batched-GEMM op reads group-strided inputs in place and writes
+    each part of N as a contiguous (M, G, n) tensor: equal to the einsum (and
+    its split) in float64, including parts cut from the middle of a weight."""
+    x, weight = _grouped_inputs(kernel_device, strided)
+    want = torch.einsum('...gk,gnk->...gn', x.double(), weight.double())
+    (whole,) = _bmm(x, weight, [7])
+    first, second = _bmm(x, weight, [3, 4])
+    for got, ref in [(whole, want), (first, want[..., :3]), (second, want[..., 3:])]:
+        assert got.shape == ref.shape and got.dtype == torch.float32 and got.is_contiguous()
+        torch.testing.assert_close(got.double(), ref, rtol=1e-5, atol=1e-5)
+    (middle,) = _bmm(x, weight[:, 2:5], [3])
+    torch.testing.assert_close(middle.double(), want[..., 2:5], rtol=1e-5, atol=1e-5)
+
+
+def test_grouped_linear_dispatch_fake_kernel_and_flops(kernel_device, monkeypatch):
+    """``grouped_linear`` takes the op when its rule says so (patched here:
+    the rule itself needs CUDA), the einsum otherwise, with the same values;
+    the op traces whole under torch.compile (its outputs' strides too) and
+    counts 2*M*G*N*K FLOPs."""
+    from torch.utils.flop_counter import FlopCounterMode
+    x, weight = _grouped_inputs(kernel_device, strided=True)
+    plain = lin.grouped_linear(x, weight, (3, 4))
+    calls = []
+    real_op = lin.grouped_linear_bmm
+    monkeypatch.setattr(lin, 'grouped_linear_bmm',
+                        lambda a, ws: calls.append([w.shape[2] for w in ws]) or real_op(a, ws))
+    monkeypatch.setattr(lin, '_use_bmm', lambda x, w: True)
+    fast = lin.grouped_linear(x, weight, (3, 4))
+    assert calls == [[3, 4]] and isinstance(fast, tuple) and len(fast) == 2
+    for a, b in zip(fast, plain):
+        assert a.is_contiguous()
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    assert lin.grouped_linear(x, weight).shape == (2, 3, 5, 4, 7)
+    rows, w_t = x.reshape(-1, 4, 6).transpose(0, 1), weight.transpose(1, 2)
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda t: real_op(t, [w_t])[0].transpose(0, 1) * 2,
+                             backend='eager', fullgraph=True)
+    got = compiled(rows)
+    assert got.is_contiguous()
+    torch.testing.assert_close(got, real_op(rows, [w_t])[0].transpose(0, 1) * 2)
+    with FlopCounterMode(display=False) as counter:
+        real_op(rows, [w_t, w_t[..., :2]])
+    assert counter.get_total_flops() == 2 * (2 * 3 * 5 * 4) * (7 + 2) * 6
+
+
+def test_grouped_linear_rule_and_errors():
+    x, weight = _grouped_inputs('cpu', strided=False)
+    assert not lin._use_bmm(x, weight)                                   # the CPU: einsum
+    with pytest.raises(ValueError, match=r'weight: expected \(G, N, K\)'):
+        lin.grouped_linear(x, weight[0])
+    with pytest.raises(ValueError, match=r'x: expected \(\.\.\., G, K\) with G = 4, K = 6'):
+        lin.grouped_linear(x[..., :5], weight)
+    with pytest.raises(ValueError, match='sizes: expected positive parts summing to N = 7'):
+        lin.grouped_linear(x, weight, (3, 3))
+    if torch.cuda.is_available():
+        xc, wc = x.cuda(), weight.cuda()
+        assert lin._use_bmm(xc, wc) and not lin._use_bmm(xc.half(), wc.half())
+        assert not lin._use_bmm(xc, wc.requires_grad_())                # training: einsum
+        with torch.no_grad():
+            assert lin._use_bmm(xc, wc)
+            with torch.autocast('cuda', dtype=torch.float16):
+                assert not lin._use_bmm(xc, wc)
