@@ -1,7 +1,7 @@
 """Pieces shared by the backbones (GroupMamba, Spatial-Mamba): stochastic
-depth, the depthwise convolution, the stems' conv-BN-ReLU, argument checks, the stage-freezing /
-``norm_eval`` train mode, and strict pretrained loading with a readable key
-report.
+depth, the depthwise convolution, the stems' conv-BN-ReLU, argument checks,
+the stage-freezing / ``norm_eval`` train mode, and strict pretrained loading
+with a readable key report.
 
 Pure PyTorch (no OpenMMLab import).
 """

@@ -15,13 +15,13 @@ ARCHS = {
 }
 
 
-def _model_input_compiled(family: str, train: bool):
+def _model_input_compiled(family: str, train: bool, device: str = 'cpu'):
     """(small backbone in train/eval mode, an input, the model compiled whole)."""
     torch._dynamo.reset()
     cls, arch = ARCHS[family]
     torch.manual_seed(0)
-    model = cls(arch, drop_path_rate=0.0).train(train)
-    x = torch.randn(2, 3, 40, 56)
+    model = cls(arch, drop_path_rate=0.0).train(train).to(device)
+    x = torch.randn(2, 3, 40, 56, device=device)
     return model, x, torch.compile(model, fullgraph=True, backend='aot_eager')
 
 
@@ -45,10 +45,12 @@ def test_backbone_compiles_fullgraph_and_matches_eager(family):
 
 
 @pytest.mark.parametrize('family', sorted(ARCHS))
-def test_backbone_compiled_inference_matches_eager(family):
+def test_backbone_compiled_inference_matches_eager(family, kernel_device):
     """Compiled fp32 inference (gradients off) traces whole and computes the
-    eager function."""
-    model, x, compiled = _model_input_compiled(family, train=False)
+    eager function; with ``--gpu`` on CUDA, where the dispatch rules take the
+    inference kernels (fused stem conv, grouped batched GEMMs, the depthwise
+    kernel, the Triton scan)."""
+    model, x, compiled = _model_input_compiled(family, train=False, device=kernel_device)
     with torch.no_grad():
         want, got = model(x), compiled(x)
     for a, b in zip(got, want):
