@@ -14,6 +14,7 @@ import torch.utils.checkpoint as cp
 
 from ..ops.conv import conv2d_bias_relu
 from ..ops.depthwise_conv import ACTIVATIONS, depthwise_conv2d
+from ..ops.dispatch import fp32_cuda_inference
 from ..ops.linear import FP32_GEMM_MODES
 
 
@@ -40,8 +41,7 @@ def _triton_conv_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """The dispatch rule of :class:`DepthwiseConv2d`'s Triton kernel: float32
     CUDA maps when no gradient is needed (tests patch it to run the kernel
     under the CPU interpreter)."""
-    return (x.is_cuda and x.dtype == weight.dtype == torch.float32
-            and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)))
+    return fp32_cuda_inference(x, weight)
 
 
 class DepthwiseConv2d(nn.Conv2d):
@@ -55,8 +55,8 @@ class DepthwiseConv2d(nn.Conv2d):
     and writes it once; cuDNN's depthwise kernel plus the activation were two
     passes at about half the copy bandwidth on an H100 (docs/benchmarks.md).
     Every other case keeps cuDNN (then the activation): training, which needs
-    the weight gradient, the CPU, and fp16/bf16 maps, where the kernel did
-    not beat cuDNN.
+    the weight gradient, the CPU, autocast (whose conv output is half), and
+    fp16/bf16 maps, where the kernel did not beat cuDNN.
 
     Args:
         activation: None, 'gelu' (exact) or 'silu'.
@@ -107,17 +107,12 @@ def fold_batchnorm(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> Tuple[torch.Tensor, t
 
 
 def _fused_conv_bn_applies(x: torch.Tensor, conv: nn.Conv2d, bn: nn.BatchNorm2d) -> bool:
-    """The dispatch rule of :func:`conv_bn_relu`: float32 CUDA maps, ``bn``
-    using running statistics, no autocast, no gradient needed (tests patch
-    it to take the fused path on the CPU)."""
-    return (x.is_cuda and x.dtype == conv.weight.dtype == torch.float32
-            and not bn.training and bn.running_var is not None
+    """The dispatch rule of :func:`conv_bn_relu`: float32 CUDA inference
+    with ``bn`` using running statistics (tests patch it to take the fused
+    path on the CPU)."""
+    return (not bn.training and bn.running_var is not None
             and conv.padding_mode == 'zeros' and not isinstance(conv.padding, str)
-            and not torch.is_autocast_enabled('cuda')
-            and not (torch.is_grad_enabled()
-                     and (x.requires_grad
-                          or any(p.requires_grad for p in conv.parameters())
-                          or any(p.requires_grad for p in bn.parameters()))))
+            and fp32_cuda_inference(x, *conv.parameters(), *bn.parameters()))
 
 
 def conv_bn_relu(x: torch.Tensor, conv: nn.Conv2d, bn: nn.BatchNorm2d) -> torch.Tensor:

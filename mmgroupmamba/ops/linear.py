@@ -51,6 +51,8 @@ import triton.language as tl
 from torch import Tensor
 from torch.utils.flop_counter import register_flop_formula
 
+from .dispatch import fp32_cuda_inference
+
 _INTERPRET = os.environ.get('TRITON_INTERPRET', '0') == '1'
 
 #: Modes of ``fp32_gemm``: 'tf32x3' (the Triton 3xTF32 GEMM where it is the
@@ -331,9 +333,7 @@ def _grouped_linear_flops(x_shape, weight_shapes, *args, out_shape=None, **kwarg
 
 def _use_bmm(x: Tensor, weight: Tensor) -> bool:
     """The dispatch rule of :func:`grouped_linear` (tests patch it)."""
-    return (x.is_cuda and x.dtype == weight.dtype == torch.float32
-            and not torch.is_autocast_enabled('cuda')
-            and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)))
+    return fp32_cuda_inference(x, weight)
 
 
 def grouped_linear(x: Tensor, weight: Tensor,
@@ -366,12 +366,8 @@ def grouped_linear(x: Tensor, weight: Tensor,
     if sum(parts) != n or min(parts) < 1:
         raise ValueError(f'sizes: expected positive parts summing to N = {n}, got {sizes}')
     if _use_bmm(x, weight):
-        bounds = [0]
-        for p in parts:
-            bounds.append(bounds[-1] + p)
         outs = grouped_linear_bmm(x.reshape(-1, g, k).transpose(0, 1),
-                                  [weight[:, i:j].transpose(1, 2)
-                                   for i, j in zip(bounds[:-1], bounds[1:])])
+                                  [w.transpose(1, 2) for w in weight.split(parts, dim=1)])
         outs = [o.transpose(0, 1).reshape(*x.shape[:-1], p) for o, p in zip(outs, parts)]
         return outs[0] if sizes is None else tuple(outs)
     y = torch.einsum('...gk,gnk->...gn', x, weight)

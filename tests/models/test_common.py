@@ -195,3 +195,22 @@ def test_fast_inference_paths_equal_the_plain_ones(cls, kernel_device, monkeypat
     assert calls == ({'conv': 3, 'bmm': 8} if cls is GroupMamba else {'conv': 3, 'bmm': 0})
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_fp32_cuda_inference_rule():
+    """The condition every inference kernel's rule shares: the CPU, a
+    non-float32 parameter and any tensor needing a gradient rule it out; on a
+    GPU so does autocast."""
+    from mmgroupmamba.ops.dispatch import fp32_cuda_inference
+    x, w = torch.randn(2, 3), torch.randn(3)
+    with torch.no_grad():
+        assert not fp32_cuda_inference(x, w)
+    if torch.cuda.is_available():
+        x, w = x.cuda(), w.cuda()
+        assert fp32_cuda_inference(x, w)                 # nothing requires a gradient
+        assert not fp32_cuda_inference(x, w.double())
+        assert not fp32_cuda_inference(x, w.clone().requires_grad_())
+        with torch.no_grad():
+            assert fp32_cuda_inference(x, w.clone().requires_grad_())
+            with torch.autocast('cuda', dtype=torch.float16):
+                assert not fp32_cuda_inference(x, w)

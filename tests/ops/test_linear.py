@@ -169,10 +169,8 @@ def _bmm(x, weight, parts):
     """The op on the views ``grouped_linear`` passes: (G, M, K) rows and
     (G, K, n) weight slices; results back as (..., G, n)."""
     g, _, k = weight.shape
-    bounds = [0] + [sum(parts[:i + 1]) for i in range(len(parts))]
     outs = lin.grouped_linear_bmm(x.reshape(-1, g, k).transpose(0, 1),
-                                  [weight[:, i:j].transpose(1, 2)
-                                   for i, j in zip(bounds[:-1], bounds[1:])])
+                                  [w.transpose(1, 2) for w in weight.split(parts, dim=1)])
     for out, n in zip(outs, parts):      # stored as contiguous (M, G, n)
         assert out.shape == (g, x.numel() // (g * k), n) and out.stride() == (n, g * n, 1)
     return [o.transpose(0, 1).reshape(*x.shape[:-1], o.shape[-1]) for o in outs]
