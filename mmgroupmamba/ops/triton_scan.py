@@ -51,8 +51,12 @@ the states from the checkpoint (the forward's scan, shared code) and runs the
 reverse recurrence ``dh_t = a_{t+1} dh_{t+1} + g_t`` (``g_t = C_t dy_t``, or
 the states' own gradient without C) with the same two-level scan in reverse
 (``reverse=True`` along the in-thread axis and across runs; checked compiled
-against the reference by ``pytest tests/ops --gpu``). ``a_{t+1}`` comes from
-delta loaded at step ``t + 1``. ``a_t h_{t-1} = h_t - delta_t B_t u_t`` gives
+against the reference by ``pytest tests/ops --gpu``). It carries the decayed
+gradient ``x_t = a_{t+1} dh_{t+1}``, whose step ``x_{t-1} = a_t (x_t + g_t)``
+needs only the step's own decay, the one the recomputed forward uses; ``dh_t =
+g_t + x_t`` is the scan exclusive of step t. (Carrying dh itself needs
+``a_{t+1}``: a second, shifted load of delta and its softplus and exp again.)
+``a_t h_{t-1} = h_t - delta_t B_t u_t`` gives
 the decay gradient without a division. dB/dC are reduced over the channel
 tile in registers and stored directly when one tile holds the whole group
 (the GroupMamba case), else added atomically into fp32 buffers;
@@ -271,19 +275,25 @@ def _scan_chunk(a, bx, h_in, R: tl.constexpr, NJ: tl.constexpr):
 
 
 @triton.jit
-def _rscan_chunk(alpha, gsrc, dh_in, R: tl.constexpr, NJ: tl.constexpr):
-    """Reverse recurrence dh_t = alpha_t dh_{t+1} + g_t over a chunk entered
-    (from its end) with dh_in [BK]: dh [R, NJ, BK], dh at the chunk's first
-    step, and the chunk's decay product."""
-    qa, gl = tl.associative_scan((alpha, gsrc), 0, _combine, reverse=True)
-    q = _last(qa, 0, R, True)
-    g = _last(gl, 0, R, True)
+def _rscan_chunk(a, gsrc, x_in, R: tl.constexpr, NJ: tl.constexpr):
+    """Reverse recurrence ``dh_t = g_t + a_{t+1} dh_{t+1}`` over a chunk, in
+    terms of the decayed gradient ``x_t = a_{t+1} dh_{t+1}``:
+    ``x_{t-1} = a_t (x_t + g_t)`` needs each step's own decay ``a_t`` only,
+    and ``dh_t = g_t + x_t`` is the scan *exclusive* of step t. Entered (from
+    its end) with x_in [BK]; returns dh [R, NJ, BK], x before the chunk's
+    first step, and the chunk's decay product."""
+    one = tl.full(a.shape, 1.0, tl.float32)
+    qi_t, gi_t, qe_t, ge_t = tl.associative_scan(
+        (a, a * gsrc, one, tl.zeros(a.shape, tl.float32)), 0, _combine_excl,
+        reverse=True)                                                # within runs
+    q = _last(qi_t, 0, R, True)
+    g = _last(gi_t, 0, R, True)
     qi, gi, qe, ge = tl.associative_scan(
         (q, g, tl.full(q.shape, 1.0, tl.float32), tl.zeros(q.shape, tl.float32)), 0,
-        _combine_excl, reverse=True)
-    after = qe * dh_in[None, :] + ge                                 # dh after each run
-    dh_out = _last(qi * dh_in[None, :] + gi, 0, NJ, True)
-    return qa * after[None, :, :] + gl, dh_out, _last(qi, 0, NJ, True)
+        _combine_excl, reverse=True)                                 # across runs
+    after = qe * x_in[None, :] + ge                                  # x after each run
+    x_out = _last(qi * x_in[None, :] + gi, 0, NJ, True)
+    return gsrc + qe_t * after[None, :, :] + ge_t, x_out, _last(qi, 0, NJ, True)
 
 
 @triton.jit
@@ -424,44 +434,28 @@ def _fwd_kernel(u_ptr, dt_ptr, z_ptr, y_ptr, A_ptr, D_ptr, bias_ptr, B_ptr, C_pt
 
 
 @triton.jit
-def _next_slots(o, ii, valid, n_outer, n_inner, kmask):
-    """Line, position and validity of the step after each slot (the next
-    position of the line, or the next line's first; [R, NJ]) and its
-    [R, NJ, BK] mask (false past the end and on padding)."""
-    wrap = ii + 1 >= n_inner
-    o_n = tl.where(wrap, o + 1, o)
-    ii_n = tl.where(wrap, 0, ii + 1)
-    v = valid & (o_n < n_outer)
-    return o_n, ii_n, v, v[:, :, None] & kmask[None, None, :]
-
-
-@triton.jit
 def _bwd_loads(c, live, rpl, n_outer, n_inner, col, rev, kmask, b64, g, d, nk,
                u_ptr, dt_ptr, z_ptr, dy_ptr, B_ptr, C_ptr, su, sd, sz, sdy, sb, sc,
                R: tl.constexpr, NJ: tl.constexpr, HAS_Z: tl.constexpr, STATES: tl.constexpr,
                FULL: tl.constexpr):
     """Raw [R, NJ, BK] tiles of chunk c for the backward (all-masked unless
-    live): delta at the next step, delta, u, B, dy (or the states' gradient:
-    its state stride is 0 for y), C, z. Without FULL (the summary pass) only
-    what the reverse recurrence needs."""
+    live): delta, u, B, dy (or the states' gradient: its state stride is 0
+    for y), C, z. Without FULL (the summary pass) only what the reverse
+    recurrence needs."""
     o, ii, valid = _slots(c, rpl, n_outer, n_inner, R, NJ)
     m3 = valid[:, :, None] & kmask[None, None, :] & live
-    o_n, ii_n, _, m3n = _next_slots(o, ii, valid, n_outer, n_inner, kmask)
     bd_, od, id_ = _line(sd[2], sd[3], col, rev, n_outer, n_inner)
-    dt_b = dt_ptr + b64 * sd[0]
-    dtn = tl.load(dt_b + _off(d * sd[1], bd_, od, id_, o_n, ii_n), mask=m3n & live, other=0.0)
+    dt = tl.load(dt_ptr + b64 * sd[0] + _off(d * sd[1], bd_, od, id_, o, ii), mask=m3, other=0.0)
     by, oy, iy = _line(sdy[3], sdy[4], col, rev, n_outer, n_inner)
     dy = tl.load(dy_ptr + b64 * sdy[0] + _off(d * sdy[1] + nk * sdy[2], by, oy, iy, o, ii),
                  mask=m3, other=0.0)
     # (defined on every path: compiled Triton keeps only names that exist on
     # every path, even for a constexpr condition)
-    dt = tl.zeros([R, NJ, d.shape[0]], dtype=dt_ptr.dtype.element_ty)
     u = tl.zeros([R, NJ, d.shape[0]], dtype=u_ptr.dtype.element_ty)
     Bv = tl.zeros([R, NJ, d.shape[0]], dtype=B_ptr.dtype.element_ty)
     Cv = tl.zeros([R, NJ, d.shape[0]], dtype=C_ptr.dtype.element_ty)
     zv = tl.zeros([R, NJ, d.shape[0]], dtype=z_ptr.dtype.element_ty)
     if FULL:
-        dt = tl.load(dt_b + _off(d * sd[1], bd_, od, id_, o, ii), mask=m3, other=0.0)
         bu, ou, iu = _line(su[2], su[3], col, rev, n_outer, n_inner)
         u = tl.load(u_ptr + b64 * su[0] + _off(d * su[1], bu, ou, iu, o, ii), mask=m3, other=0.0)
         bb, ob, ib = _line(sb[3], sb[4], col, rev, n_outer, n_inner)
@@ -475,7 +469,7 @@ def _bwd_loads(c, live, rpl, n_outer, n_inner, col, rev, kmask, b64, g, d, nk,
         bz, oz, iz = _line(sz[2], sz[3], col, rev, n_outer, n_inner)
         zv = tl.load(z_ptr + b64 * sz[0] + _off(d * sz[1], bz, oz, iz, o, ii), mask=m3,
                      other=0.0)
-    return dtn, dt, u, Bv, dy, Cv, zv
+    return dt, u, Bv, dy, Cv, zv
 
 
 @triton.jit
@@ -504,39 +498,39 @@ def _bwd_kernel(u_ptr, dt_ptr, z_ptr, dy_ptr, A_ptr, D_ptr, bias_ptr, B_ptr, C_p
     c_start = seg * CPS
     c_end = tl.minimum(c_start + CPS, n_ch)
 
-    # dh: gradient of the state after this segment's last step, chained from
-    # the final-state gradient through the later segments.
-    dh = tl.zeros([BD * NP], dtype=tl.float32)
+    # x: the decayed gradient a_{t+1} dh_{t+1} reaching this segment's last
+    # step t (see _rscan_chunk), chained from the final-state gradient (x of
+    # the sequence's last step) through the later segments.
+    x = tl.zeros([BD * NP], dtype=tl.float32)
     q_seg = tl.full([BD * NP], 1.0, tl.float32)
     if not SUMMARY:
         if HAS_DLAST:
-            dh = tl.load(dlast_ptr + (b * dim + d) * N + nk, mask=kmask, other=0.0)
+            x = tl.load(dlast_ptr + (b * dim + d) * N + nk, mask=kmask, other=0.0)
         n_seg_g = tl.cdiv(n_ch, CPS)
         for j in range(0, n_seg_g - 1 - seg):
             soff = ((b * dim + d) * NSEG + (n_seg_g - 1 - j)) * N + nk
-            dh = (tl.load(sq_ptr + soff, mask=kmask, other=1.0) * dh
-                  + tl.load(sg_ptr + soff, mask=kmask, other=0.0))
+            x = (tl.load(sq_ptr + soff, mask=kmask, other=1.0) * x
+                 + tl.load(sg_ptr + soff, mask=kmask, other=0.0))
     dA_acc = tl.zeros([NJ, BD * NP], dtype=tl.float32)
     dD_acc = tl.zeros([NJ, BD * NP], dtype=tl.float32)
     dbias_acc = tl.zeros([NJ, BD * NP], dtype=tl.float32)
     # The next (earlier) chunk's inputs are loaded before this chunk is
     # processed, so their latency overlaps the work (the loop is a serial chain).
-    dtn_n, dt_n, u_n, B_n, dy_n, C_n, z_n = _bwd_loads(
+    dt_n, u_n, B_n, dy_n, C_n, z_n = _bwd_loads(
         c_end - 1, c_start < c_end, rpl, n_outer, n_inner, col, rev, kmask, b64, g, d, nk,
         u_ptr, dt_ptr, z_ptr, dy_ptr, B_ptr, C_ptr, su, sd, sz, sdy, sb, sc,
         R, NJ, HAS_Z, STATES, not SUMMARY)
     for j in range(0, c_end - c_start):
         c = c_end - 1 - j
-        dtn_r, dt_r, u_r, B_r, dy_r, C_r, z_r = dtn_n, dt_n, u_n, B_n, dy_n, C_n, z_n
-        dtn_n, dt_n, u_n, B_n, dy_n, C_n, z_n = _bwd_loads(
+        dt_r, u_r, B_r, dy_r, C_r, z_r = dt_n, u_n, B_n, dy_n, C_n, z_n
+        dt_n, u_n, B_n, dy_n, C_n, z_n = _bwd_loads(
             c - 1, c - 1 >= c_start, rpl, n_outer, n_inner, col, rev, kmask, b64, g, d, nk,
             u_ptr, dt_ptr, z_ptr, dy_ptr, B_ptr, C_ptr, su, sd, sz, sdy, sb, sc,
             R, NJ, HAS_Z, STATES, not SUMMARY)
         o, ii, valid = _slots(c, rpl, n_outer, n_inner, R, NJ)
         m3 = valid[:, :, None] & kmask[None, None, :]
-        _, _, _, m3n = _next_slots(o, ii, valid, n_outer, n_inner, kmask)
-        dtn, _ = _delta(dtn_r.to(tl.float32), bias, m3n, HAS_BIAS, SOFTPLUS)
-        alpha = tl.where(m3n, tl.exp(dtn * A[None, None, :]), 1.0)
+        dtv, dtx = _delta(dt_r.to(tl.float32), bias, m3, HAS_BIAS, SOFTPLUS)
+        a = tl.exp(dtv * A[None, None, :])                              # 1 on padding
         dy = dy_r.to(tl.float32)
         Cv = C_r.to(tl.float32)
         zv = z_r.to(tl.float32)
@@ -549,18 +543,16 @@ def _bwd_kernel(u_ptr, dt_ptr, z_ptr, dy_ptr, A_ptr, D_ptr, bias_ptr, B_ptr, C_p
             gsrc = dy                       # the states' own gradient is the injection g_t
         else:
             gsrc = Cv * gy
-        dhs, dh_next, q_chunk = _rscan_chunk(alpha, gsrc, dh, R, NJ)
-        dh = dh_next
+        dhs, x, q_chunk = _rscan_chunk(a, gsrc, x, R, NJ)
         if SUMMARY:
             q_seg = q_seg * q_chunk
         else:
             u = u_r.to(tl.float32)
-            dtv, dtx = _delta(dt_r.to(tl.float32), bias, m3, HAS_BIAS, SOFTPLUS)
             Bv = B_r.to(tl.float32)
             # Recompute the chunk's states from its checkpoint.
             h0 = tl.load(ckpt_ptr + ((b * dim + d) * NCH + c) * N + nk, mask=kmask, other=0.0)
             bx = dtv * u * Bv
-            hs, _, _ = _scan_chunk(tl.exp(dtv * A[None, None, :]), bx, h0, R, NJ)
+            hs, _, _ = _scan_chunk(a, bx, h0, R, NJ)
             store_d = m3 & first_k                                      # one state per channel
             if HAS_Z:
                 y0 = _sum_states(hs * Cv, R, NJ, BD, NP)
@@ -608,7 +600,7 @@ def _bwd_kernel(u_ptr, dt_ptr, z_ptr, dy_ptr, A_ptr, D_ptr, bias_ptr, B_ptr, C_p
     if SUMMARY:
         soff = ((b * dim + d) * NSEG + seg) * N + nk
         tl.store(sq_ptr + soff, q_seg, mask=kmask)
-        tl.store(sg_ptr + soff, dh, mask=kmask)
+        tl.store(sg_ptr + soff, x, mask=kmask)
     else:
         poff = (b * NSEG + seg) * dim + d
         tl.store(dA_ptr + poff * N + nk, tl.sum(dA_acc, axis=0), mask=kmask)
