@@ -437,7 +437,7 @@ def _fwd_kernel(u_ptr, dt_ptr, z_ptr, y_ptr, A_ptr, D_ptr, bias_ptr, B_ptr, C_pt
 def _bwd_loads(c, live, rpl, n_outer, n_inner, col, rev, kmask, b64, g, d, nk,
                u_ptr, dt_ptr, z_ptr, dy_ptr, B_ptr, C_ptr, su, sd, sz, sdy, sb, sc,
                R: tl.constexpr, NJ: tl.constexpr, HAS_Z: tl.constexpr, STATES: tl.constexpr,
-               FULL: tl.constexpr):
+               FULL: tl.constexpr, NP: tl.constexpr):
     """Raw [R, NJ, BK] tiles of chunk c for the backward (all-masked unless
     live): delta, u, B, dy (or the states' gradient: its state stride is 0
     for y), C, z. Without FULL (the summary pass) only what the reverse
@@ -452,19 +452,27 @@ def _bwd_loads(c, live, rpl, n_outer, n_inner, col, rev, kmask, b64, g, d, nk,
     # (defined on every path: compiled Triton keeps only names that exist on
     # every path, even for a constexpr condition)
     u = tl.zeros([R, NJ, d.shape[0]], dtype=u_ptr.dtype.element_ty)
-    Bv = tl.zeros([R, NJ, d.shape[0]], dtype=B_ptr.dtype.element_ty)
-    Cv = tl.zeros([R, NJ, d.shape[0]], dtype=C_ptr.dtype.element_ty)
+    # With one state, B and C are the same for every channel of the tile:
+    # [R, NJ, 1] tiles, broadcast where used, hold fewer registers.
+    if NP == 1:
+        bc_k = tl.zeros([1], dtype=tl.int32)
+        m_bc = valid[:, :, None] & live
+    else:
+        bc_k = nk
+        m_bc = m3
+    Bv = tl.zeros([R, NJ, bc_k.shape[0]], dtype=B_ptr.dtype.element_ty)
+    Cv = tl.zeros([R, NJ, bc_k.shape[0]], dtype=C_ptr.dtype.element_ty)
     zv = tl.zeros([R, NJ, d.shape[0]], dtype=z_ptr.dtype.element_ty)
     if FULL:
         bu, ou, iu = _line(su[2], su[3], col, rev, n_outer, n_inner)
         u = tl.load(u_ptr + b64 * su[0] + _off(d * su[1], bu, ou, iu, o, ii), mask=m3, other=0.0)
         bb, ob, ib = _line(sb[3], sb[4], col, rev, n_outer, n_inner)
-        Bv = tl.load(B_ptr + b64 * sb[0] + _off(g * sb[1] + nk * sb[2], bb, ob, ib, o, ii),
-                     mask=m3, other=0.0)
+        Bv = tl.load(B_ptr + b64 * sb[0] + _off(g * sb[1] + bc_k * sb[2], bb, ob, ib, o, ii),
+                     mask=m_bc, other=0.0)
     if not STATES:
         bc, oc, ic = _line(sc[3], sc[4], col, rev, n_outer, n_inner)
-        Cv = tl.load(C_ptr + b64 * sc[0] + _off(g * sc[1] + nk * sc[2], bc, oc, ic, o, ii),
-                     mask=m3, other=0.0)
+        Cv = tl.load(C_ptr + b64 * sc[0] + _off(g * sc[1] + bc_k * sc[2], bc, oc, ic, o, ii),
+                     mask=m_bc, other=0.0)
     if HAS_Z:
         bz, oz, iz = _line(sz[2], sz[3], col, rev, n_outer, n_inner)
         zv = tl.load(z_ptr + b64 * sz[0] + _off(d * sz[1], bz, oz, iz, o, ii), mask=m3,
@@ -519,14 +527,14 @@ def _bwd_kernel(u_ptr, dt_ptr, z_ptr, dy_ptr, A_ptr, D_ptr, bias_ptr, B_ptr, C_p
     dt_n, u_n, B_n, dy_n, C_n, z_n = _bwd_loads(
         c_end - 1, c_start < c_end, rpl, n_outer, n_inner, col, rev, kmask, b64, g, d, nk,
         u_ptr, dt_ptr, z_ptr, dy_ptr, B_ptr, C_ptr, su, sd, sz, sdy, sb, sc,
-        R, NJ, HAS_Z, STATES, not SUMMARY)
+        R, NJ, HAS_Z, STATES, not SUMMARY, NP)
     for j in range(0, c_end - c_start):
         c = c_end - 1 - j
         dt_r, u_r, B_r, dy_r, C_r, z_r = dt_n, u_n, B_n, dy_n, C_n, z_n
         dt_n, u_n, B_n, dy_n, C_n, z_n = _bwd_loads(
             c - 1, c - 1 >= c_start, rpl, n_outer, n_inner, col, rev, kmask, b64, g, d, nk,
             u_ptr, dt_ptr, z_ptr, dy_ptr, B_ptr, C_ptr, su, sd, sz, sdy, sb, sc,
-            R, NJ, HAS_Z, STATES, not SUMMARY)
+            R, NJ, HAS_Z, STATES, not SUMMARY, NP)
         o, ii, valid = _slots(c, rpl, n_outer, n_inner, R, NJ)
         m3 = valid[:, :, None] & kmask[None, None, :]
         dtv, dtx = _delta(dt_r.to(tl.float32), bias, m3, HAS_BIAS, SOFTPLUS)
