@@ -316,6 +316,21 @@ def _sum_channels(x, R: tl.constexpr, NJ: tl.constexpr, BD: tl.constexpr, NP: tl
 
 
 @triton.jit
+def _bc_tile(nk, mask1, m3, NP: tl.constexpr):
+    """State part and mask of a B or C tile. With one state, B and C are the
+    same for every channel of the tile: a [R, NJ, 1] tile (mask1 [R, NJ, 1]),
+    broadcast where used, holds fewer registers (the backward spilled with
+    full tiles). Else [R, NJ, BK] like the other inputs (mask m3)."""
+    if NP == 1:
+        k = tl.zeros([1], dtype=tl.int32)
+        m = mask1
+    else:
+        k = nk
+        m = m3
+    return k, m
+
+
+@triton.jit
 def _program(dir_bits, dim, per, N, N_DT, BD: tl.constexpr, NP: tl.constexpr):
     """Program coordinates, its direction code (2 bits of ``dir_bits`` per
     group, see :func:`pack_directions`) and its channel-state pairs
@@ -356,7 +371,8 @@ def _fwd_kernel(u_ptr, dt_ptr, z_ptr, y_ptr, A_ptr, D_ptr, bias_ptr, B_ptr, C_pt
     B_b = B_ptr + b64 * sb0
     u_ch = d * su1
     dt_ch = d * sd1
-    b_ch = g * sb1 + nk * sb2
+    bc_k = _bc_tile(nk, True, True, NP)[0]
+    b_ch = g * sb1 + bc_k * sb2
     dn = (b * dim + d) * N + nk                                          # [BK]
     A = tl.load(A_ptr + d * N + nk, mask=kmask, other=0.0)
     # (defined on every path: the compiler needs them in scope in the loop)
@@ -383,7 +399,8 @@ def _fwd_kernel(u_ptr, dt_ptr, z_ptr, y_ptr, A_ptr, D_ptr, bias_ptr, B_ptr, C_pt
     m3 = valid[:, :, None] & kmask[None, None, :] & (c_start < c_end)
     u_n = tl.load(u_b + _off(u_ch, bu, ou, iu, o, ii), mask=m3, other=0.0)
     dt_n = tl.load(dt_b + _off(dt_ch, bd_, od, id_, o, ii), mask=m3, other=0.0)
-    B_n = tl.load(B_b + _off(b_ch, bb, ob, ib, o, ii), mask=m3, other=0.0)
+    B_n = tl.load(B_b + _off(b_ch, bb, ob, ib, o, ii),
+                  mask=_bc_tile(nk, valid[:, :, None] & (c_start < c_end), m3, NP)[1], other=0.0)
     for c in range(c_start, c_end):
         u = u_n.to(tl.float32)
         dt_raw = dt_n.to(tl.float32)
@@ -392,7 +409,8 @@ def _fwd_kernel(u_ptr, dt_ptr, z_ptr, y_ptr, A_ptr, D_ptr, bias_ptr, B_ptr, C_pt
         m3 = valid[:, :, None] & kmask[None, None, :] & (c + 1 < c_end)
         u_n = tl.load(u_b + _off(u_ch, bu, ou, iu, o, ii), mask=m3, other=0.0)
         dt_n = tl.load(dt_b + _off(dt_ch, bd_, od, id_, o, ii), mask=m3, other=0.0)
-        B_n = tl.load(B_b + _off(b_ch, bb, ob, ib, o, ii), mask=m3, other=0.0)
+        B_n = tl.load(B_b + _off(b_ch, bb, ob, ib, o, ii),
+                      mask=_bc_tile(nk, valid[:, :, None] & (c + 1 < c_end), m3, NP)[1], other=0.0)
         o, ii, valid = _slots(c, rpl, n_outer, n_inner, R, NJ)
         m3 = valid[:, :, None] & kmask[None, None, :]
         dtv, _ = _delta(dt_raw, bias, m3, HAS_BIAS, SOFTPLUS)
@@ -408,8 +426,8 @@ def _fwd_kernel(u_ptr, dt_ptr, z_ptr, y_ptr, A_ptr, D_ptr, bias_ptr, B_ptr, C_pt
                      mask=m3)
         else:
             bc, oc, ic = _line(sc3, sc4, col, rev, n_outer, n_inner)
-            Cv = tl.load(C_ptr + b64 * sc0 + _off(g * sc1 + nk * sc2, bc, oc, ic, o, ii),
-                         mask=m3, other=0.0).to(tl.float32)
+            Cv = tl.load(C_ptr + b64 * sc0 + _off(g * sc1 + bc_k * sc2, bc, oc, ic, o, ii),
+                         mask=_bc_tile(nk, valid[:, :, None], m3, NP)[1], other=0.0).to(tl.float32)
             y = _sum_states(hs * Cv, R, NJ, BD, NP)
             if HAS_D:
                 y = y + Dv[None, None, :] * u
@@ -452,14 +470,7 @@ def _bwd_loads(c, live, rpl, n_outer, n_inner, col, rev, kmask, b64, g, d, nk,
     # (defined on every path: compiled Triton keeps only names that exist on
     # every path, even for a constexpr condition)
     u = tl.zeros([R, NJ, d.shape[0]], dtype=u_ptr.dtype.element_ty)
-    # With one state, B and C are the same for every channel of the tile:
-    # [R, NJ, 1] tiles, broadcast where used, hold fewer registers.
-    if NP == 1:
-        bc_k = tl.zeros([1], dtype=tl.int32)
-        m_bc = valid[:, :, None] & live
-    else:
-        bc_k = nk
-        m_bc = m3
+    bc_k, m_bc = _bc_tile(nk, valid[:, :, None] & live, m3, NP)
     Bv = tl.zeros([R, NJ, bc_k.shape[0]], dtype=B_ptr.dtype.element_ty)
     Cv = tl.zeros([R, NJ, bc_k.shape[0]], dtype=C_ptr.dtype.element_ty)
     zv = tl.zeros([R, NJ, d.shape[0]], dtype=z_ptr.dtype.element_ty)
