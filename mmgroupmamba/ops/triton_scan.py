@@ -124,11 +124,14 @@ def scan_config(batch: int, dim: int, groups: int, n_state: int, height: int, wi
     else:
         # Measured on an H100 (docs/benchmarks.md, sweeps): 16 (or 8) channels
         # x 16 runs of 4 steps on 4 warps; 8-channel tiles where they pad
-        # less. Groups of >= 32 channels (N = 1): 8-channel tiles on 2 warps,
-        # except the states-mode forward, which is faster on 16 / 4. Tiles
-        # of at most 64 channel-state pairs so N > 1 stays in registers.
-        if np_ == 1 and per >= 32 and (backward or not states):
+        # less. Groups of >= 32 channels (N = 1) take 16-channel tiles
+        # whatever the padding, except the states-mode backward: 8 channels
+        # on 2 warps. Tiles of at most 64 channel-state pairs so N > 1 stays
+        # in registers.
+        if np_ == 1 and per >= 32 and states and backward:
             bd, warps = 8, 2
+        elif np_ == 1 and per >= 32:
+            bd, warps = 16, 4
         else:
             bd = 16 if (_cdiv(per, 16) * 16 - per) <= (_cdiv(per, 8) * 8 - per) else 8
             warps = 4
@@ -136,10 +139,10 @@ def scan_config(batch: int, dim: int, groups: int, n_state: int, height: int, wi
         r, nj = (4 if np_ == 1 else 2), 16
         if np_ == 1 and not states and 8 < min(height, width) and max(height, width) <= 16:
             # Lines of 9-16 steps (the 14x14 stage): a run is a whole line,
-            # walked inside the thread, two lines per chunk. Measured faster
-            # there (forward in both dtypes, backward in fp32); slower on
-            # 28x28 and on 7x7 maps (docs/benchmarks.md).
-            r, nj = 16, 2
+            # walked inside the thread, two lines per chunk, on 2 warps.
+            # Measured faster there; slower on 28x28 and on 7x7 maps
+            # (docs/benchmarks.md).
+            r, nj, warps = 16, 2, 2
     bd = ov.get('BD', bd)
     r = min(ov.get('R', r), _np2(n_min))
     nj = ov.get('NJ', nj)

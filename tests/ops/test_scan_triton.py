@@ -178,6 +178,19 @@ def test_default_gpu_tiles(shape, states, request):
     _check(inp, ('lr', 'tb', 'rl', 'bt')[:shape[2]], True, states=states)
 
 
+@pytest.fixture
+def gpu_heuristic(monkeypatch):
+    """``triton_scan`` with its tile heuristic answering as on an H100 (132 SMs)."""
+    from types import SimpleNamespace
+
+    from mmgroupmamba.ops import triton_scan
+    monkeypatch.setattr(triton_scan, '_INTERPRET', False)
+    monkeypatch.setattr(torch.cuda, 'current_device', lambda: 0)
+    monkeypatch.setattr(torch.cuda, 'get_device_properties',
+                        lambda d: SimpleNamespace(multi_processor_count=132))
+    return triton_scan
+
+
 @pytest.mark.parametrize('height, width, states, want', [
     (14, 14, False, (16, 2)),   # 9-16-step lines: one run per line, two lines per chunk
     (16, 11, False, (16, 2)),
@@ -186,22 +199,33 @@ def test_default_gpu_tiles(shape, states, request):
     (7, 7, False, (4, 16)),     # 7-step lines: runs of 4 (whole lines were slower)
     (14, 14, True, (4, 16)),    # the states mode keeps its measured tile
 ])
-def test_gpu_heuristic_runs_per_line_on_short_lines(monkeypatch, height, width, states, want):
+def test_gpu_heuristic_runs_per_line_on_short_lines(gpu_heuristic, height, width, states, want):
     """The GPU tile heuristic (measured on an H100, docs/benchmarks.md) takes
     whole-line runs only where every scan line has 9-16 steps, and both
     passes agree on the chunking (the backward reads the forward's
     checkpoints)."""
-    from types import SimpleNamespace
-
-    from mmgroupmamba.ops import triton_scan
-    monkeypatch.setattr(triton_scan, '_INTERPRET', False)
-    monkeypatch.setattr(torch.cuda, 'current_device', lambda: 0)
-    monkeypatch.setattr(torch.cuda, 'get_device_properties',
-                        lambda d: SimpleNamespace(multi_processor_count=132))
-    cfgs = [triton_scan.scan_config(128, 424, 4, 1, height, width, (0, 1, 2, 3), True,
+    cfgs = [gpu_heuristic.scan_config(128, 424, 4, 1, height, width, (0, 1, 2, 3), True,
                                     backward=b, states=states) for b in (False, True)]
     assert {(c['R'], c['NJ']) for c in cfgs} == {want}
     assert cfgs[0]['NCH'] == cfgs[1]['NCH']
+
+
+@pytest.mark.parametrize('per, hw, states, backward, want', [
+    (32, 28, False, False, (16, 4)),   # groups of >= 32 channels: 16-channel tiles, 4 warps
+    (32, 28, False, True, (16, 4)),
+    (87, 14, False, False, (16, 2)),   # whole-line runs: 2 warps, padding 87 -> 96 channels
+    (112, 7, False, True, (16, 4)),
+    (128, 28, True, True, (8, 2)),     # the states-mode backward keeps 8 channels on 2 warps
+    (128, 28, True, False, (16, 4)),
+    (24, 56, False, False, (8, 4)),    # small groups: the tile that pads less
+    (16, 56, False, True, (16, 4)),
+])
+def test_gpu_heuristic_tiles(gpu_heuristic, per, hw, states, backward, want):
+    """The channel tile and warps the H100 sweeps chose (docs/benchmarks.md)."""
+    groups = 1 if states else 4
+    cfg = gpu_heuristic.scan_config(128, groups * per, groups, 1, hw, hw, (0, 1, 2, 3)[:groups],
+                                  True, backward=backward, states=states)
+    assert (cfg['BD'], cfg['num_warps']) == want
 
 
 def test_pack_directions():
