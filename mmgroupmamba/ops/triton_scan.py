@@ -319,18 +319,28 @@ def _sum_channels(x, R: tl.constexpr, NJ: tl.constexpr, BD: tl.constexpr, NP: tl
 
 
 @triton.jit
-def _bc_tile(nk, mask1, m3, NP: tl.constexpr):
-    """State part and mask of a B or C tile. With one state, B and C are the
-    same for every channel of the tile: a [R, NJ, 1] tile (mask1 [R, NJ, 1]),
-    broadcast where used, holds fewer registers (the backward spilled with
-    full tiles). Else [R, NJ, BK] like the other inputs (mask m3)."""
+def _bc_state(nk, NP: tl.constexpr):
+    """State index along the last axis of a B or C tile. With one state, B
+    and C are the same for every channel of the tile: a [R, NJ, 1] tile,
+    broadcast where used, is loaded once per step instead of once per
+    channel (and holds fewer registers: the backward spilled with full
+    tiles). Else [R, NJ, BK] like the other inputs."""
     if NP == 1:
         k = tl.zeros([1], dtype=tl.int32)
-        m = mask1
     else:
         k = nk
+    return k
+
+
+@triton.jit
+def _bc_mask(steps, m3, NP: tl.constexpr):
+    """Load mask of a B or C tile (see :func:`_bc_state`): the steps' mask
+    [R, NJ, 1] with one state, else the channel-state mask m3 [R, NJ, BK]."""
+    if NP == 1:
+        m = steps
+    else:
         m = m3
-    return k, m
+    return m
 
 
 @triton.jit
@@ -374,7 +384,7 @@ def _fwd_kernel(u_ptr, dt_ptr, z_ptr, y_ptr, A_ptr, D_ptr, bias_ptr, B_ptr, C_pt
     B_b = B_ptr + b64 * sb0
     u_ch = d * su1
     dt_ch = d * sd1
-    bc_k = _bc_tile(nk, True, True, NP)[0]
+    bc_k = _bc_state(nk, NP)
     b_ch = g * sb1 + bc_k * sb2
     dn = (b * dim + d) * N + nk                                          # [BK]
     A = tl.load(A_ptr + d * N + nk, mask=kmask, other=0.0)
@@ -403,7 +413,7 @@ def _fwd_kernel(u_ptr, dt_ptr, z_ptr, y_ptr, A_ptr, D_ptr, bias_ptr, B_ptr, C_pt
     u_n = tl.load(u_b + _off(u_ch, bu, ou, iu, o, ii), mask=m3, other=0.0)
     dt_n = tl.load(dt_b + _off(dt_ch, bd_, od, id_, o, ii), mask=m3, other=0.0)
     B_n = tl.load(B_b + _off(b_ch, bb, ob, ib, o, ii),
-                  mask=_bc_tile(nk, valid[:, :, None] & (c_start < c_end), m3, NP)[1], other=0.0)
+                  mask=_bc_mask(valid[:, :, None] & (c_start < c_end), m3, NP), other=0.0)
     for c in range(c_start, c_end):
         u = u_n.to(tl.float32)
         dt_raw = dt_n.to(tl.float32)
@@ -413,7 +423,7 @@ def _fwd_kernel(u_ptr, dt_ptr, z_ptr, y_ptr, A_ptr, D_ptr, bias_ptr, B_ptr, C_pt
         u_n = tl.load(u_b + _off(u_ch, bu, ou, iu, o, ii), mask=m3, other=0.0)
         dt_n = tl.load(dt_b + _off(dt_ch, bd_, od, id_, o, ii), mask=m3, other=0.0)
         B_n = tl.load(B_b + _off(b_ch, bb, ob, ib, o, ii),
-                      mask=_bc_tile(nk, valid[:, :, None] & (c + 1 < c_end), m3, NP)[1], other=0.0)
+                      mask=_bc_mask(valid[:, :, None] & (c + 1 < c_end), m3, NP), other=0.0)
         o, ii, valid = _slots(c, rpl, n_outer, n_inner, R, NJ)
         m3 = valid[:, :, None] & kmask[None, None, :]
         dtv, _ = _delta(dt_raw, bias, m3, HAS_BIAS, SOFTPLUS)
@@ -430,7 +440,7 @@ def _fwd_kernel(u_ptr, dt_ptr, z_ptr, y_ptr, A_ptr, D_ptr, bias_ptr, B_ptr, C_pt
         else:
             bc, oc, ic = _line(sc3, sc4, col, rev, n_outer, n_inner)
             Cv = tl.load(C_ptr + b64 * sc0 + _off(g * sc1 + bc_k * sc2, bc, oc, ic, o, ii),
-                         mask=_bc_tile(nk, valid[:, :, None], m3, NP)[1], other=0.0).to(tl.float32)
+                         mask=_bc_mask(valid[:, :, None], m3, NP), other=0.0).to(tl.float32)
             y = _sum_states(hs * Cv, R, NJ, BD, NP)
             if HAS_D:
                 y = y + Dv[None, None, :] * u
@@ -473,7 +483,8 @@ def _bwd_loads(c, live, rpl, n_outer, n_inner, col, rev, kmask, b64, g, d, nk,
     # (defined on every path: compiled Triton keeps only names that exist on
     # every path, even for a constexpr condition)
     u = tl.zeros([R, NJ, d.shape[0]], dtype=u_ptr.dtype.element_ty)
-    bc_k, m_bc = _bc_tile(nk, valid[:, :, None] & live, m3, NP)
+    bc_k = _bc_state(nk, NP)
+    m_bc = _bc_mask(valid[:, :, None] & live, m3, NP)
     Bv = tl.zeros([R, NJ, bc_k.shape[0]], dtype=B_ptr.dtype.element_ty)
     Cv = tl.zeros([R, NJ, bc_k.shape[0]], dtype=C_ptr.dtype.element_ty)
     zv = tl.zeros([R, NJ, d.shape[0]], dtype=z_ptr.dtype.element_ty)

@@ -205,7 +205,7 @@ def test_gpu_heuristic_runs_per_line_on_short_lines(gpu_heuristic, height, width
     passes agree on the chunking (the backward reads the forward's
     checkpoints)."""
     cfgs = [gpu_heuristic.scan_config(128, 424, 4, 1, height, width, (0, 1, 2, 3), True,
-                                    backward=b, states=states) for b in (False, True)]
+                                      backward=b, states=states) for b in (False, True)]
     assert {(c['R'], c['NJ']) for c in cfgs} == {want}
     assert cfgs[0]['NCH'] == cfgs[1]['NCH']
 
@@ -224,7 +224,7 @@ def test_gpu_heuristic_tiles(gpu_heuristic, per, hw, states, backward, want):
     """The channel tile and warps the H100 sweeps chose (docs/benchmarks.md)."""
     groups = 1 if states else 4
     cfg = gpu_heuristic.scan_config(128, groups * per, groups, 1, hw, hw, (0, 1, 2, 3)[:groups],
-                                  True, backward=backward, states=states)
+                                    True, backward=backward, states=states)
     assert (cfg['BD'], cfg['num_warps']) == want
 
 
