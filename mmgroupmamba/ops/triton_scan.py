@@ -1,7 +1,7 @@
 """Triton kernels of the directional selective scan (forward and backward).
 
-Design: line-aligned runs, the step axis inside a thread
--------------------------------------------------------
+Design: line-aligned runs, the steps of a run inside a thread
+------------------------------------------------------------
 One launch serves every channel group and direction. A program owns
 ``(batch b, group g, tile of BD channels of g, segment of chunks)`` and walks
 its chunks in scan order, carrying the state ``h`` in registers.
@@ -10,10 +10,15 @@ A scan direction is a line order of the map: rows (``'lr'``, ``'rl'``) or
 columns (``'tb'``, ``'bt'``), forwards or mirrored. Each line is cut into
 *runs* of ``R`` consecutive steps (the last run of a line is padded with
 identity steps ``a = 1, b = 0``), and a chunk is ``NJ`` consecutive runs: a
-register tile ``[R, NJ, BK]`` (``BK = BD * NP`` channel-state pairs). Triton's
-default layout of that shape keeps axis 0 inside a thread and puts channels
-(the contiguous axis of a channels-last map) and runs across lanes and warps.
-Because a run never leaves its line, the memory offset of step ``r`` of a run
+register tile ``[NJ, R, BK]`` (``BK = BD * NP`` channel-state pairs) whose
+loads assert adjacent channel pairs, so Triton lays channels and then runs
+across lanes and warps and keeps each run inside a thread (channels-last
+maps, one state: GroupMamba; see :func:`_off`). Other maps (the states mode's
+channels-first ones) take ``[R, NJ, BK]`` with the steps across lanes, where
+a warp reads whole rows (``SA``, the tiles' step axis, says which). Triton
+chooses a layout from the memory it can prove contiguous; what the
+kernels assert is what the host checked of the strides. Because a run never
+leaves its line, the memory offset of step ``r`` of a run
 is ``base + o * s_outer + (i0 + r) * s_inner``: every direction is the same
 code with run-time strides (negated for mirrored directions), no divmod per
 step, no permutation of the tile, no flipped or transposed copies.
@@ -21,8 +26,8 @@ step, no permutation of the tile, no flipped or transposed copies.
 Per chunk the recurrence ``h_t = a_t h_{t-1} + b_t`` (``a = exp(delta A)``,
 ``b = delta B u``) runs as
 
-1. an ``associative_scan`` along axis 0: a sequential in-thread scan of each
-   run (no shuffles);
+1. an ``associative_scan`` along the step axis: with the steps inside a
+   thread a sequential scan of each run (no shuffles);
 2. an *exclusive* scan of the ``NJ`` run summaries (across lanes/warps, one
    value per thread): the combine carries both the composition of a segment
    and of the segment without its last element, so run ``j`` gets the state
@@ -50,8 +55,10 @@ row per chunk). The backward walks chunks in reverse; per chunk it recomputes
 the states from the checkpoint (the forward's scan, shared code) and runs the
 reverse recurrence ``dh_t = a_{t+1} dh_{t+1} + g_t`` (``g_t = C_t dy_t``, or
 the states' own gradient without C) with the same two-level scan in reverse
-(``reverse=True`` along the in-thread axis and across runs; checked compiled
-against the reference by ``pytest tests/ops --gpu``). It carries the decayed
+(``reverse=True`` across runs and, with the steps across lanes, along runs;
+with the steps inside a thread a forward scan of the flipped runs, see
+:func:`_rscan_chunk`; checked compiled against the reference by ``pytest
+tests/ops --gpu``). It carries the decayed
 gradient ``x_t = a_{t+1} dh_{t+1}``, whose step ``x_{t-1} = a_t (x_t + g_t)``
 needs only the step's own decay, the one the recomputed forward uses; ``dh_t =
 g_t + x_t`` is the scan exclusive of step t. (Carrying dh itself needs
@@ -218,19 +225,39 @@ def _line(sh, sw, col, rev, n_outer, n_inner):
 
 
 @triton.jit
-def _slots(c, rpl, n_outer, n_inner, R: tl.constexpr, NJ: tl.constexpr):
-    """Line o [1, NJ], position i [R, NJ] and validity [R, NJ] of chunk c."""
+def _slots(c, rpl, n_outer, n_inner, R: tl.constexpr, NJ: tl.constexpr, SA: tl.constexpr):
+    """Line o, position i and validity of chunk c's slots: [NJ, 1], [NJ, R],
+    [NJ, R] with the steps on axis SA = 1, else [1, NJ], [R, NJ], [R, NJ]."""
     jg = c * NJ + tl.arange(0, NJ)
     o = jg // rpl
-    ii = ((jg - o * rpl) * R)[None, :] + tl.arange(0, R)[:, None]
-    o = o[None, :]
+    i0 = (jg - o * rpl) * R
+    if SA == 1:
+        ii = i0[:, None] + tl.arange(0, R)[None, :]
+        o = o[:, None]
+    else:
+        ii = i0[None, :] + tl.arange(0, R)[:, None]
+        o = o[None, :]
     return o, ii, (o < n_outer) & (ii < n_inner)
 
 
 @triton.jit
-def _off(ch, base, so, si, o, ii):
-    """[R, NJ, BK] offsets: per-channel part ch [BK] plus the slot pixels."""
-    return ch[None, None, :] + (base + o * so + ii * si)[:, :, None]
+def _off(ch, base, so, si, o, ii, CH_PAIRS: tl.constexpr):
+    """Offsets of a tile, [NJ, R, BK] or [R, NJ, BK] (as o and ii): the
+    per-channel part ch [BK] plus the slot pixels.
+
+    ``CH_PAIRS`` asserts that pairs of channels are adjacent in memory (the
+    caller knows: channel stride 1, one state) for the tile [NJ, R, BK]. It
+    sets Triton's layout: the coalescing pass orders a tile's axes by their
+    contiguity, ties by axis index, so channels, then runs, go across lanes
+    and the steps of a run stay inside a thread; the scans along a run need
+    no shuffles. (The real contiguity, 16 channels, would give 4-channel
+    vectors, and those put steps across warps.) Without it ([R, NJ, BK] of
+    maps not channels-last) the steps go across lanes, and a warp reads
+    whole rows of a channels-first map."""
+    off = ch[None, None, :] + (base + o * so + ii * si)[:, :, None]
+    if CH_PAIRS:
+        off = tl.max_contiguous(off, [1, 1, 2])
+    return off
 
 
 @triton.jit
@@ -245,74 +272,108 @@ def _delta(dt, bias, valid, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
 
 
 @triton.jit
-def _last(x, axis: tl.constexpr, n: tl.constexpr, first: tl.constexpr):
-    """x at index n - 1 (or 0 with ``first``) of an axis (a masked sum)."""
+def _last(x, axis: tl.constexpr, n: tl.constexpr, first: tl.constexpr, KEEP: tl.constexpr):
+    """x at index n - 1 (or 0 with ``first``) of an axis of size n of a tile
+    or of the runs' summaries [NJ, BK] (a masked sum); ``KEEP`` keeps the
+    axis (see :func:`_carry`)."""
     idx = tl.arange(0, n)
     if first:
         sel = idx == 0
     else:
         sel = idx == n - 1
-    if axis == 0:
-        if len(x.shape) == 3:
-            sel3 = sel[:, None, None]
-        else:
-            sel3 = sel[:, None]
+    if len(x.shape) == 2:
+        sel = sel[:, None]
+    elif axis == 1:
+        sel = sel[None, :, None]
     else:
-        sel3 = sel[None, :, None]
-    return tl.sum(tl.where(sel3, x, 0.0), axis=axis)
+        sel = sel[:, None, None]
+    return tl.sum(tl.where(sel, x, 0.0), axis=axis, keep_dims=KEEP)
 
 
 @triton.jit
-def _scan_chunk(a, bx, h_in, R: tl.constexpr, NJ: tl.constexpr):
-    """States [R, NJ, BK] of a chunk entered with state h_in [BK]; also the
-    state after it and the chunk's decay product ([BK] each)."""
-    aa, hl = tl.associative_scan((a, bx), 0, _combine)               # within runs
-    p = _last(aa, 0, R, False)                                       # [NJ, BK]
-    s = _last(hl, 0, R, False)
-    pi, si, pe, se = tl.associative_scan(
-        (p, s, tl.full(p.shape, 1.0, tl.float32), tl.zeros(p.shape, tl.float32)), 0,
-        _combine_excl)                                               # across runs
-    start = pe * h_in[None, :] + se                                  # state before each run
-    h_out = _last(pi * h_in[None, :] + si, 0, NJ, False)
-    return aa * start[None, :, :] + hl, h_out, _last(pi, 0, NJ, False)
-
-
-@triton.jit
-def _rscan_chunk(a, gsrc, x_in, R: tl.constexpr, NJ: tl.constexpr):
-    """Reverse recurrence ``dh_t = g_t + a_{t+1} dh_{t+1}`` over a chunk, in
-    terms of the decayed gradient ``x_t = a_{t+1} dh_{t+1}``:
-    ``x_{t-1} = a_t (x_t + g_t)`` needs each step's own decay ``a_t`` only,
-    and ``dh_t = g_t + x_t`` is the scan *exclusive* of step t. Entered (from
-    its end) with x_in [BK]; returns dh [R, NJ, BK], x before the chunk's
-    first step, and the chunk's decay product."""
-    one = tl.full(a.shape, 1.0, tl.float32)
-    qi_t, gi_t, qe_t, ge_t = tl.associative_scan(
-        (a, a * gsrc, one, tl.zeros(a.shape, tl.float32)), 0, _combine_excl,
-        reverse=True)                                                # within runs
-    q = _last(qi_t, 0, R, True)
-    g = _last(gi_t, 0, R, True)
-    qi, gi, qe, ge = tl.associative_scan(
-        (q, g, tl.full(q.shape, 1.0, tl.float32), tl.zeros(q.shape, tl.float32)), 0,
-        _combine_excl, reverse=True)                                 # across runs
-    after = qe * x_in[None, :] + ge                                  # x after each run
-    x_out = _last(qi * x_in[None, :] + gi, 0, NJ, True)
-    return gsrc + qe_t * after[None, :, :] + ge_t, x_out, _last(qi, 0, NJ, True)
-
-
-@triton.jit
-def _sum_states(x, R: tl.constexpr, NJ: tl.constexpr, BD: tl.constexpr, NP: tl.constexpr):
-    """Sum over the NP states of each channel, broadcast back to [R, NJ, BK]."""
-    if NP > 1:
-        s = tl.sum(tl.reshape(x, (R, NJ, BD, NP)), axis=3)
-        x = tl.reshape(tl.broadcast_to(s[:, :, :, None], (R, NJ, BD, NP)), (R, NJ, BD * NP))
+def _carry(x, SA: tl.constexpr):
+    """A per-channel-state vector [BK] in the shape of the carried state and
+    the runs' summaries: [1, 1, BK] with the steps inside a thread (SA = 1),
+    so the scan across runs and the carry stay in the tile's layout (reduced
+    to a sliced layout, Triton converted them through shared memory);
+    [BK] with the steps across lanes, where a kept axis is replicated over
+    lanes and the scan across runs was slower (both measured,
+    docs/benchmarks.md)."""
+    if SA == 1:
+        x = x[None, None, :]
     return x
 
 
 @triton.jit
-def _sum_channels(x, R: tl.constexpr, NJ: tl.constexpr, BD: tl.constexpr, NP: tl.constexpr):
-    """Sum over the channels of the tile: [R, NJ, BK] -> [R, NJ, NP]."""
+def _scan_chunk(a, bx, h_in, R: tl.constexpr, NJ: tl.constexpr, SA: tl.constexpr):
+    """States (a tile, steps on axis SA) of a chunk entered with state h_in
+    (see :func:`_carry`); also the state after it and the chunk's decay
+    product (shaped like h_in)."""
+    aa, hl = tl.associative_scan((a, bx), SA, _combine)              # within runs
+    p = _last(aa, SA, R, False, SA == 1)                             # runs' summaries: runs
+    s = _last(hl, SA, R, False, SA == 1)                             # on axis 0
+    pi, si, pe, se = tl.associative_scan(
+        (p, s, tl.full(p.shape, 1.0, tl.float32), tl.zeros(p.shape, tl.float32)), 0,
+        _combine_excl)                                               # across runs
+    start = pe * h_in + se                                           # state before each run
+    h_out = _last(pi * h_in + si, 0, NJ, False, SA == 1)
+    if SA == 0:
+        start = start[None, :, :]
+    return aa * start + hl, h_out, _last(pi, 0, NJ, False, SA == 1)
+
+
+@triton.jit
+def _rscan_chunk(a, gsrc, x_in, R: tl.constexpr, NJ: tl.constexpr, SA: tl.constexpr):
+    """Reverse recurrence ``dh_t = g_t + a_{t+1} dh_{t+1}`` over a chunk, in
+    terms of the decayed gradient ``x_t = a_{t+1} dh_{t+1}``:
+    ``x_{t-1} = a_t (x_t + g_t)`` needs each step's own decay ``a_t`` only,
+    and ``dh_t = g_t + x_t`` is the scan *exclusive* of step t. Entered (from
+    its end) with x_in [1, 1, BK]; returns dh (a tile like a), x before the
+    chunk's first step, and the chunk's decay product.
+
+    With the steps inside a thread (SA = 1) the scan within runs is a
+    forward scan of the flipped run: compiled, Triton 3.6's reverse scan
+    along an in-thread axis issued 160 warp shuffles per chunk (the flips
+    are register moves)."""
+    one = tl.full(a.shape, 1.0, tl.float32)
+    zero = tl.zeros(a.shape, tl.float32)
+    if SA == 1:
+        qi_t, gi_t, qe_t, ge_t = tl.associative_scan(
+            (tl.flip(a, 1), tl.flip(a * gsrc, 1), one, zero), 1, _combine_excl)
+        q = _last(qi_t, 1, R, False, True)
+        g = _last(gi_t, 1, R, False, True)
+        qe_t = tl.flip(qe_t, 1)
+        ge_t = tl.flip(ge_t, 1)
+    else:
+        qi_t, gi_t, qe_t, ge_t = tl.associative_scan(
+            (a, a * gsrc, one, zero), 0, _combine_excl, reverse=True)
+        q = _last(qi_t, 0, R, True, False)
+        g = _last(gi_t, 0, R, True, False)
+    qi, gi, qe, ge = tl.associative_scan(
+        (q, g, tl.full(q.shape, 1.0, tl.float32), tl.zeros(q.shape, tl.float32)), 0,
+        _combine_excl, reverse=True)                                 # across runs
+    after = qe * x_in + ge                                           # x after each run
+    x_out = _last(qi * x_in + gi, 0, NJ, True, SA == 1)
+    if SA == 0:
+        after = after[None, :, :]
+    return gsrc + qe_t * after + ge_t, x_out, _last(qi, 0, NJ, True, SA == 1)
+
+
+@triton.jit
+def _sum_states(x, BD: tl.constexpr, NP: tl.constexpr):
+    """Sum over the NP states of each channel of a tile, broadcast back."""
     if NP > 1:
-        s = tl.sum(tl.reshape(x, (R, NJ, BD, NP)), axis=2)
+        s = tl.sum(tl.reshape(x, (x.shape[0], x.shape[1], BD, NP)), axis=3)
+        x = tl.reshape(tl.broadcast_to(s[:, :, :, None], (x.shape[0], x.shape[1], BD, NP)),
+                       (x.shape[0], x.shape[1], BD * NP))
+    return x
+
+
+@triton.jit
+def _sum_channels(x, BD: tl.constexpr, NP: tl.constexpr):
+    """Sum over the channels of a tile: [., ., BK] -> [., ., NP]."""
+    if NP > 1:
+        s = tl.sum(tl.reshape(x, (x.shape[0], x.shape[1], BD, NP)), axis=2)
     else:
         s = tl.sum(x, axis=2)[:, :, None]
     return s
@@ -321,10 +382,10 @@ def _sum_channels(x, R: tl.constexpr, NJ: tl.constexpr, BD: tl.constexpr, NP: tl
 @triton.jit
 def _bc_state(nk, NP: tl.constexpr):
     """State index along the last axis of a B or C tile. With one state, B
-    and C are the same for every channel of the tile: a [R, NJ, 1] tile,
+    and C are the same for every channel of the tile: a [NJ, R, 1] tile,
     broadcast where used, is loaded once per step instead of once per
     channel (and holds fewer registers: the backward spilled with full
-    tiles). Else [R, NJ, BK] like the other inputs."""
+    tiles). Else [NJ, R, BK] like the other inputs."""
     if NP == 1:
         k = tl.zeros([1], dtype=tl.int32)
     else:
@@ -335,7 +396,7 @@ def _bc_state(nk, NP: tl.constexpr):
 @triton.jit
 def _bc_mask(steps, m3, NP: tl.constexpr):
     """Load mask of a B or C tile (see :func:`_bc_state`): the steps' mask
-    [R, NJ, 1] with one state, else the channel-state mask m3 [R, NJ, BK]."""
+    [NJ, R, 1] with one state, else the channel-state mask m3 [NJ, R, BK]."""
     if NP == 1:
         m = steps
     else:
@@ -371,7 +432,7 @@ def _fwd_kernel(u_ptr, dt_ptr, z_ptr, y_ptr, A_ptr, D_ptr, bias_ptr, B_ptr, C_pt
                 BD: tl.constexpr, NP: tl.constexpr, R: tl.constexpr, NJ: tl.constexpr,
                 HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
                 SOFTPLUS: tl.constexpr, SUMMARY: tl.constexpr, SAVE_CKPT: tl.constexpr,
-                STATES: tl.constexpr):
+                STATES: tl.constexpr, SA: tl.constexpr):
     g, b, seg, code, d, nk, kmask = _program(dir_bits, dim, per, N, N_DT, BD, NP)
     col, rev, n_outer, n_inner, rpl, n_ch = _geom(code, H, W, R, NJ)
     bu, ou, iu = _line(su2, su3, col, rev, n_outer, n_inner)
@@ -398,67 +459,69 @@ def _fwd_kernel(u_ptr, dt_ptr, z_ptr, y_ptr, A_ptr, D_ptr, bias_ptr, B_ptr, C_pt
     c_start = seg * CPS
     c_end = tl.minimum(c_start + CPS, n_ch)
 
-    h = tl.zeros([BD * NP], dtype=tl.float32)
-    p_seg = tl.full([BD * NP], 1.0, tl.float32)
+    h = _carry(tl.zeros([BD * NP], dtype=tl.float32), SA)
+    p_seg = _carry(tl.full([BD * NP], 1.0, tl.float32), SA)
     if not SUMMARY:
         # Start state of this segment: chain the summaries of earlier ones.
         for s in range(0, seg):
-            soff = ((b * dim + d) * NSEG + s) * N + nk
-            h = (tl.load(sp_ptr + soff, mask=kmask, other=1.0) * h
-                 + tl.load(sh_ptr + soff, mask=kmask, other=0.0))
+            soff = _carry(((b * dim + d) * NSEG + s) * N + nk, SA)
+            h = (tl.load(sp_ptr + soff, mask=_carry(kmask, SA), other=1.0) * h
+                 + tl.load(sh_ptr + soff, mask=_carry(kmask, SA), other=0.0))
     # The next chunk's inputs are loaded before this chunk is scanned, so
     # their memory latency overlaps the scan (the loop is a serial chain).
-    o, ii, valid = _slots(c_start, rpl, n_outer, n_inner, R, NJ)
+    o, ii, valid = _slots(c_start, rpl, n_outer, n_inner, R, NJ, SA)
     m3 = valid[:, :, None] & kmask[None, None, :] & (c_start < c_end)
-    u_n = tl.load(u_b + _off(u_ch, bu, ou, iu, o, ii), mask=m3, other=0.0)
-    dt_n = tl.load(dt_b + _off(dt_ch, bd_, od, id_, o, ii), mask=m3, other=0.0)
-    B_n = tl.load(B_b + _off(b_ch, bb, ob, ib, o, ii),
+    u_n = tl.load(u_b + _off(u_ch, bu, ou, iu, o, ii, SA == 1), mask=m3, other=0.0)
+    dt_n = tl.load(dt_b + _off(dt_ch, bd_, od, id_, o, ii, SA == 1), mask=m3, other=0.0)
+    B_n = tl.load(B_b + _off(b_ch, bb, ob, ib, o, ii, False),
                   mask=_bc_mask(valid[:, :, None] & (c_start < c_end), m3, NP), other=0.0)
     for c in range(c_start, c_end):
         u = u_n.to(tl.float32)
         dt_raw = dt_n.to(tl.float32)
         Bv = B_n.to(tl.float32)
-        o, ii, valid = _slots(c + 1, rpl, n_outer, n_inner, R, NJ)
+        o, ii, valid = _slots(c + 1, rpl, n_outer, n_inner, R, NJ, SA)
         m3 = valid[:, :, None] & kmask[None, None, :] & (c + 1 < c_end)
-        u_n = tl.load(u_b + _off(u_ch, bu, ou, iu, o, ii), mask=m3, other=0.0)
-        dt_n = tl.load(dt_b + _off(dt_ch, bd_, od, id_, o, ii), mask=m3, other=0.0)
-        B_n = tl.load(B_b + _off(b_ch, bb, ob, ib, o, ii),
+        u_n = tl.load(u_b + _off(u_ch, bu, ou, iu, o, ii, SA == 1), mask=m3, other=0.0)
+        dt_n = tl.load(dt_b + _off(dt_ch, bd_, od, id_, o, ii, SA == 1), mask=m3, other=0.0)
+        B_n = tl.load(B_b + _off(b_ch, bb, ob, ib, o, ii, False),
                       mask=_bc_mask(valid[:, :, None] & (c + 1 < c_end), m3, NP), other=0.0)
-        o, ii, valid = _slots(c, rpl, n_outer, n_inner, R, NJ)
+        o, ii, valid = _slots(c, rpl, n_outer, n_inner, R, NJ, SA)
         m3 = valid[:, :, None] & kmask[None, None, :]
         dtv, _ = _delta(dt_raw, bias, m3, HAS_BIAS, SOFTPLUS)
         if SAVE_CKPT:
-            tl.store(ckpt_ptr + ((b * dim + d) * NCH + c) * N + nk, h, mask=kmask)
-        hs, h_next, p_chunk = _scan_chunk(tl.exp(dtv * A[None, None, :]), dtv * u * Bv, h, R, NJ)
+            tl.store(ckpt_ptr + _carry(((b * dim + d) * NCH + c) * N + nk, SA), h,
+                     mask=_carry(kmask, SA))
+        hs, h_next, p_chunk = _scan_chunk(tl.exp(dtv * A[None, None, :]), dtv * u * Bv, h, R, NJ,
+                                          SA)
         h = h_next
         if SUMMARY:
             p_seg = p_seg * p_chunk
         elif STATES:
             by, oy, iy = _line(sy2, sy3, col, rev, n_outer, n_inner)
-            tl.store(y_ptr + b64 * sy0 + _off(d * sy1 + nk * syn, by, oy, iy, o, ii), hs,
-                     mask=m3)
+            tl.store(y_ptr + b64 * sy0 + _off(d * sy1 + nk * syn, by, oy, iy, o, ii, SA == 1),
+                     hs, mask=m3)
         else:
             bc, oc, ic = _line(sc3, sc4, col, rev, n_outer, n_inner)
-            Cv = tl.load(C_ptr + b64 * sc0 + _off(g * sc1 + bc_k * sc2, bc, oc, ic, o, ii),
+            Cv = tl.load(C_ptr + b64 * sc0 + _off(g * sc1 + bc_k * sc2, bc, oc, ic, o, ii, False),
                          mask=_bc_mask(valid[:, :, None], m3, NP), other=0.0).to(tl.float32)
-            y = _sum_states(hs * Cv, R, NJ, BD, NP)
+            y = _sum_states(hs * Cv, BD, NP)
             if HAS_D:
                 y = y + Dv[None, None, :] * u
             if HAS_Z:
                 bz, oz, iz = _line(sz2, sz3, col, rev, n_outer, n_inner)
-                zv = tl.load(z_ptr + b64 * sz0 + _off(d * sz1, bz, oz, iz, o, ii), mask=m3,
+                zv = tl.load(z_ptr + b64 * sz0 + _off(d * sz1, bz, oz, iz, o, ii, SA == 1), mask=m3,
                              other=0.0).to(tl.float32)
                 y = y * zv * _sigmoid(zv)
             by, oy, iy = _line(sy2, sy3, col, rev, n_outer, n_inner)
-            tl.store(y_ptr + b64 * sy0 + _off(d * sy1, by, oy, iy, o, ii),
+            tl.store(y_ptr + b64 * sy0 + _off(d * sy1, by, oy, iy, o, ii, SA == 1),
                      y.to(y_ptr.dtype.element_ty), mask=m3 & (nk == 0)[None, None, :])
     if SUMMARY:
-        soff = ((b * dim + d) * NSEG + seg) * N + nk
-        tl.store(sp_ptr + soff, p_seg, mask=kmask)
-        tl.store(sh_ptr + soff, h, mask=kmask)
+        soff = _carry(((b * dim + d) * NSEG + seg) * N + nk, SA)
+        tl.store(sp_ptr + soff, p_seg, mask=_carry(kmask, SA))
+        tl.store(sh_ptr + soff, h, mask=_carry(kmask, SA))
     else:
         if (c_start < n_ch) & (c_end == n_ch):
-            tl.store(last_ptr + dn, h, mask=kmask)
+            tl.store(last_ptr + _carry(dn, SA), h, mask=_carry(kmask, SA))
 
 
 # --------------------------------------------------------------------------- backward
@@ -468,39 +531,41 @@ def _fwd_kernel(u_ptr, dt_ptr, z_ptr, y_ptr, A_ptr, D_ptr, bias_ptr, B_ptr, C_pt
 def _bwd_loads(c, live, rpl, n_outer, n_inner, col, rev, kmask, b64, g, d, nk,
                u_ptr, dt_ptr, z_ptr, dy_ptr, B_ptr, C_ptr, su, sd, sz, sdy, sb, sc,
                R: tl.constexpr, NJ: tl.constexpr, HAS_Z: tl.constexpr, STATES: tl.constexpr,
-               FULL: tl.constexpr, NP: tl.constexpr):
-    """Raw [R, NJ, BK] tiles of chunk c for the backward (all-masked unless
+               FULL: tl.constexpr, NP: tl.constexpr, SA: tl.constexpr):
+    """Raw [NJ, R, BK] tiles of chunk c for the backward (all-masked unless
     live): delta, u, B, dy (or the states' gradient: its state stride is 0
     for y), C, z. Without FULL (the summary pass) only what the reverse
     recurrence needs."""
-    o, ii, valid = _slots(c, rpl, n_outer, n_inner, R, NJ)
+    o, ii, valid = _slots(c, rpl, n_outer, n_inner, R, NJ, SA)
     m3 = valid[:, :, None] & kmask[None, None, :] & live
     bd_, od, id_ = _line(sd[2], sd[3], col, rev, n_outer, n_inner)
-    dt = tl.load(dt_ptr + b64 * sd[0] + _off(d * sd[1], bd_, od, id_, o, ii), mask=m3, other=0.0)
+    dt = tl.load(dt_ptr + b64 * sd[0] + _off(d * sd[1], bd_, od, id_, o, ii, SA == 1), mask=m3,
+                 other=0.0)
     by, oy, iy = _line(sdy[3], sdy[4], col, rev, n_outer, n_inner)
-    dy = tl.load(dy_ptr + b64 * sdy[0] + _off(d * sdy[1] + nk * sdy[2], by, oy, iy, o, ii),
+    dy = tl.load(dy_ptr + b64 * sdy[0] + _off(d * sdy[1] + nk * sdy[2], by, oy, iy, o, ii, SA == 1),
                  mask=m3, other=0.0)
     # (defined on every path: compiled Triton keeps only names that exist on
     # every path, even for a constexpr condition)
-    u = tl.zeros([R, NJ, d.shape[0]], dtype=u_ptr.dtype.element_ty)
+    u = tl.zeros([valid.shape[0], valid.shape[1], d.shape[0]], dtype=u_ptr.dtype.element_ty)
     bc_k = _bc_state(nk, NP)
     m_bc = _bc_mask(valid[:, :, None] & live, m3, NP)
-    Bv = tl.zeros([R, NJ, bc_k.shape[0]], dtype=B_ptr.dtype.element_ty)
-    Cv = tl.zeros([R, NJ, bc_k.shape[0]], dtype=C_ptr.dtype.element_ty)
-    zv = tl.zeros([R, NJ, d.shape[0]], dtype=z_ptr.dtype.element_ty)
+    Bv = tl.zeros([valid.shape[0], valid.shape[1], bc_k.shape[0]], dtype=B_ptr.dtype.element_ty)
+    Cv = tl.zeros([valid.shape[0], valid.shape[1], bc_k.shape[0]], dtype=C_ptr.dtype.element_ty)
+    zv = tl.zeros([valid.shape[0], valid.shape[1], d.shape[0]], dtype=z_ptr.dtype.element_ty)
     if FULL:
         bu, ou, iu = _line(su[2], su[3], col, rev, n_outer, n_inner)
-        u = tl.load(u_ptr + b64 * su[0] + _off(d * su[1], bu, ou, iu, o, ii), mask=m3, other=0.0)
+        u = tl.load(u_ptr + b64 * su[0] + _off(d * su[1], bu, ou, iu, o, ii, SA == 1), mask=m3,
+                    other=0.0)
         bb, ob, ib = _line(sb[3], sb[4], col, rev, n_outer, n_inner)
-        Bv = tl.load(B_ptr + b64 * sb[0] + _off(g * sb[1] + bc_k * sb[2], bb, ob, ib, o, ii),
+        Bv = tl.load(B_ptr + b64 * sb[0] + _off(g * sb[1] + bc_k * sb[2], bb, ob, ib, o, ii, False),
                      mask=m_bc, other=0.0)
     if not STATES:
         bc, oc, ic = _line(sc[3], sc[4], col, rev, n_outer, n_inner)
-        Cv = tl.load(C_ptr + b64 * sc[0] + _off(g * sc[1] + bc_k * sc[2], bc, oc, ic, o, ii),
+        Cv = tl.load(C_ptr + b64 * sc[0] + _off(g * sc[1] + bc_k * sc[2], bc, oc, ic, o, ii, False),
                      mask=m_bc, other=0.0)
     if HAS_Z:
         bz, oz, iz = _line(sz[2], sz[3], col, rev, n_outer, n_inner)
-        zv = tl.load(z_ptr + b64 * sz[0] + _off(d * sz[1], bz, oz, iz, o, ii), mask=m3,
+        zv = tl.load(z_ptr + b64 * sz[0] + _off(d * sz[1], bz, oz, iz, o, ii, SA == 1), mask=m3,
                      other=0.0)
     return dt, u, Bv, dy, Cv, zv
 
@@ -514,7 +579,7 @@ def _bwd_kernel(u_ptr, dt_ptr, z_ptr, dy_ptr, A_ptr, D_ptr, bias_ptr, B_ptr, C_p
                 BD: tl.constexpr, NP: tl.constexpr, R: tl.constexpr, NJ: tl.constexpr,
                 HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
                 SOFTPLUS: tl.constexpr, SUMMARY: tl.constexpr, HAS_DLAST: tl.constexpr,
-                ATOMIC_BC: tl.constexpr, STATES: tl.constexpr):
+                ATOMIC_BC: tl.constexpr, STATES: tl.constexpr, SA: tl.constexpr):
     g, b, seg, code, d, nk, kmask = _program(dir_bits, dim, per, N, N_DT, BD, NP)
     col, rev, n_outer, n_inner, rpl, n_ch = _geom(code, H, W, R, NJ)
     b64 = b.to(tl.int64)
@@ -534,16 +599,17 @@ def _bwd_kernel(u_ptr, dt_ptr, z_ptr, dy_ptr, A_ptr, D_ptr, bias_ptr, B_ptr, C_p
     # x: the decayed gradient a_{t+1} dh_{t+1} reaching this segment's last
     # step t (see _rscan_chunk), chained from the final-state gradient (x of
     # the sequence's last step) through the later segments.
-    x = tl.zeros([BD * NP], dtype=tl.float32)
-    q_seg = tl.full([BD * NP], 1.0, tl.float32)
+    x = _carry(tl.zeros([BD * NP], dtype=tl.float32), SA)
+    q_seg = _carry(tl.full([BD * NP], 1.0, tl.float32), SA)
     if not SUMMARY:
         if HAS_DLAST:
-            x = tl.load(dlast_ptr + (b * dim + d) * N + nk, mask=kmask, other=0.0)
+            x = tl.load(dlast_ptr + _carry((b * dim + d) * N + nk, SA), mask=_carry(kmask, SA),
+                        other=0.0)
         n_seg_g = tl.cdiv(n_ch, CPS)
         for j in range(0, n_seg_g - 1 - seg):
-            soff = ((b * dim + d) * NSEG + (n_seg_g - 1 - j)) * N + nk
-            x = (tl.load(sq_ptr + soff, mask=kmask, other=1.0) * x
-                 + tl.load(sg_ptr + soff, mask=kmask, other=0.0))
+            soff = _carry(((b * dim + d) * NSEG + (n_seg_g - 1 - j)) * N + nk, SA)
+            x = (tl.load(sq_ptr + soff, mask=_carry(kmask, SA), other=1.0) * x
+                 + tl.load(sg_ptr + soff, mask=_carry(kmask, SA), other=0.0))
     dA_acc = tl.zeros([NJ, BD * NP], dtype=tl.float32)
     dD_acc = tl.zeros([NJ, BD * NP], dtype=tl.float32)
     dbias_acc = tl.zeros([NJ, BD * NP], dtype=tl.float32)
@@ -552,15 +618,15 @@ def _bwd_kernel(u_ptr, dt_ptr, z_ptr, dy_ptr, A_ptr, D_ptr, bias_ptr, B_ptr, C_p
     dt_n, u_n, B_n, dy_n, C_n, z_n = _bwd_loads(
         c_end - 1, c_start < c_end, rpl, n_outer, n_inner, col, rev, kmask, b64, g, d, nk,
         u_ptr, dt_ptr, z_ptr, dy_ptr, B_ptr, C_ptr, su, sd, sz, sdy, sb, sc,
-        R, NJ, HAS_Z, STATES, not SUMMARY, NP)
+        R, NJ, HAS_Z, STATES, not SUMMARY, NP, SA)
     for j in range(0, c_end - c_start):
         c = c_end - 1 - j
         dt_r, u_r, B_r, dy_r, C_r, z_r = dt_n, u_n, B_n, dy_n, C_n, z_n
         dt_n, u_n, B_n, dy_n, C_n, z_n = _bwd_loads(
             c - 1, c - 1 >= c_start, rpl, n_outer, n_inner, col, rev, kmask, b64, g, d, nk,
             u_ptr, dt_ptr, z_ptr, dy_ptr, B_ptr, C_ptr, su, sd, sz, sdy, sb, sc,
-            R, NJ, HAS_Z, STATES, not SUMMARY, NP)
-        o, ii, valid = _slots(c, rpl, n_outer, n_inner, R, NJ)
+            R, NJ, HAS_Z, STATES, not SUMMARY, NP, SA)
+        o, ii, valid = _slots(c, rpl, n_outer, n_inner, R, NJ, SA)
         m3 = valid[:, :, None] & kmask[None, None, :]
         dtv, dtx = _delta(dt_r.to(tl.float32), bias, m3, HAS_BIAS, SOFTPLUS)
         a = tl.exp(dtv * A[None, None, :])                              # 1 on padding
@@ -576,64 +642,65 @@ def _bwd_kernel(u_ptr, dt_ptr, z_ptr, dy_ptr, A_ptr, D_ptr, bias_ptr, B_ptr, C_p
             gsrc = dy                       # the states' own gradient is the injection g_t
         else:
             gsrc = Cv * gy
-        dhs, x, q_chunk = _rscan_chunk(a, gsrc, x, R, NJ)
+        dhs, x, q_chunk = _rscan_chunk(a, gsrc, x, R, NJ, SA)
         if SUMMARY:
             q_seg = q_seg * q_chunk
         else:
             u = u_r.to(tl.float32)
             Bv = B_r.to(tl.float32)
             # Recompute the chunk's states from its checkpoint.
-            h0 = tl.load(ckpt_ptr + ((b * dim + d) * NCH + c) * N + nk, mask=kmask, other=0.0)
+            h0 = tl.load(ckpt_ptr + _carry(((b * dim + d) * NCH + c) * N + nk, SA),
+                         mask=_carry(kmask, SA), other=0.0)
             bx = dtv * u * Bv
-            hs, _, _ = _scan_chunk(a, bx, h0, R, NJ)
+            hs, _, _ = _scan_chunk(a, bx, h0, R, NJ, SA)
             store_d = m3 & first_k                                      # one state per channel
             if HAS_Z:
-                y0 = _sum_states(hs * Cv, R, NJ, BD, NP)
+                y0 = _sum_states(hs * Cv, BD, NP)
                 if HAS_D:
                     y0 = y0 + Dv[None, None, :] * u
                 dzv = dy * y0 * zs * (1.0 + zv * (1.0 - zs))
                 bz, oz, iz = _line(sdz[2], sdz[3], col, rev, n_outer, n_inner)
-                tl.store(dz_ptr + b64 * sdz[0] + _off(d * sdz[1], bz, oz, iz, o, ii),
+                tl.store(dz_ptr + b64 * sdz[0] + _off(d * sdz[1], bz, oz, iz, o, ii, SA == 1),
                          dzv.to(dz_ptr.dtype.element_ty), mask=store_d)
             ta = dhs * (hs - bx)                                         # dh_t a_t h_{t-1}
             dhB = dhs * Bv
-            ddt = _sum_states(dhB * u + ta * A[None, None, :], R, NJ, BD, NP)
-            du = _sum_states(dhB, R, NJ, BD, NP) * dtv
+            ddt = _sum_states(dhB * u + ta * A[None, None, :], BD, NP)
+            du = _sum_states(dhB, BD, NP) * dtv
             if HAS_D:
                 du = du + Dv[None, None, :] * gy
-                dD_acc += tl.sum(gy * u, axis=0)
-            dA_acc += tl.sum(ta * dtv, axis=0)
+                dD_acc += tl.sum(gy * u, axis=SA)
+            dA_acc += tl.sum(ta * dtv, axis=SA)
             if SOFTPLUS:
                 ddt = ddt * tl.where(dtx > 20.0, 1.0, _sigmoid(dtx))
             ddt = tl.where(m3, ddt, 0.0)
-            dbias_acc += tl.sum(ddt, axis=0)
+            dbias_acc += tl.sum(ddt, axis=SA)
             bdu, odu, idu = _line(sdu[2], sdu[3], col, rev, n_outer, n_inner)
-            tl.store(du_ptr + b64 * sdu[0] + _off(d * sdu[1], bdu, odu, idu, o, ii),
+            tl.store(du_ptr + b64 * sdu[0] + _off(d * sdu[1], bdu, odu, idu, o, ii, SA == 1),
                      du.to(du_ptr.dtype.element_ty), mask=store_d)
             bdd, odd, idd = _line(sddt[2], sddt[3], col, rev, n_outer, n_inner)
-            tl.store(ddt_ptr + b64 * sddt[0] + _off(d * sddt[1], bdd, odd, idd, o, ii),
+            tl.store(ddt_ptr + b64 * sddt[0] + _off(d * sddt[1], bdd, odd, idd, o, ii, SA == 1),
                      ddt.to(ddt_ptr.dtype.element_ty), mask=store_d)
             # dB, dC: reduced over the tile's channels, one value per (step, state)
             mbc = valid[:, :, None] & (nn < N)[None, None, :]
             bdb, odb, idb = _line(sdb[3], sdb[4], col, rev, n_outer, n_inner)
-            off_db = b64 * sdb[0] + _off(g * sdb[1] + nn * sdb[2], bdb, odb, idb, o, ii)
-            dBt = _sum_channels(dhs * (dtv * u), R, NJ, BD, NP)
+            off_db = b64 * sdb[0] + _off(g * sdb[1] + nn * sdb[2], bdb, odb, idb, o, ii, False)
+            dBt = _sum_channels(dhs * (dtv * u), BD, NP)
             if ATOMIC_BC:
                 tl.atomic_add(dB_ptr + off_db, dBt, mask=mbc)
             else:
                 tl.store(dB_ptr + off_db, dBt.to(dB_ptr.dtype.element_ty), mask=mbc)
             if not STATES:
                 bdc, odc, idc = _line(sdc[3], sdc[4], col, rev, n_outer, n_inner)
-                off_dc = b64 * sdc[0] + _off(g * sdc[1] + nn * sdc[2], bdc, odc, idc, o, ii)
-                dCt = _sum_channels(hs * gy, R, NJ, BD, NP)
+                off_dc = b64 * sdc[0] + _off(g * sdc[1] + nn * sdc[2], bdc, odc, idc, o, ii, False)
+                dCt = _sum_channels(hs * gy, BD, NP)
                 if ATOMIC_BC:
                     tl.atomic_add(dC_ptr + off_dc, dCt, mask=mbc)
                 else:
                     tl.store(dC_ptr + off_dc, dCt.to(dC_ptr.dtype.element_ty), mask=mbc)
     if SUMMARY:
-        soff = ((b * dim + d) * NSEG + seg) * N + nk
-        tl.store(sq_ptr + soff, q_seg, mask=kmask)
-        tl.store(sg_ptr + soff, x, mask=kmask)
+        soff = _carry(((b * dim + d) * NSEG + seg) * N + nk, SA)
+        tl.store(sq_ptr + soff, q_seg, mask=_carry(kmask, SA))
+        tl.store(sg_ptr + soff, x, mask=_carry(kmask, SA))
     else:
         poff = (b * NSEG + seg) * dim + d
         tl.store(dA_ptr + poff * N + nk, tl.sum(dA_acc, axis=0), mask=kmask)
@@ -664,6 +731,16 @@ def _check_item_size(*tensors: Optional[torch.Tensor]) -> None:
         if t is not None and t.dim() > 0 and t.shape[0] and (t.numel() // t.shape[0]) >= 2 ** 31:
             raise ValueError(f'selective scan: one batch item of a {tuple(t.shape)} tensor has '
                              '>= 2**31 elements; the Triton kernels index items with 32 bits')
+
+
+def _step_axis(cfg: Dict[str, int], *maps: Optional[torch.Tensor]) -> int:
+    """The tiles' step axis (``SA`` of the kernels, see :func:`_off`): 1,
+    tiles [NJ, R, BK] with the steps inside a thread, when every map read or
+    written per channel has channel stride 1 and there is one state (a
+    tile's last axis is then the channels); else 0, tiles [R, NJ, BK]."""
+    ok = cfg['NP'] == 1 and cfg['BD'] > 1 and all(
+        t is None or t.shape[1] == 1 or t.stride(1) == 1 for t in maps)
+    return 1 if ok else 0
 
 
 def pack_directions(codes: Sequence[int]) -> int:
@@ -726,7 +803,8 @@ def selective_scan_2d_fwd_triton(u, delta, A, B, C, codes: List[int], D=None, z=
     zz = z if z is not None else u
     common = dict(BD=cfg['BD'], NP=cfg['NP'], R=cfg['R'], NJ=cfg['NJ'], HAS_D=D is not None,
                   HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
-                  SOFTPLUS=bool(delta_softplus), num_warps=cfg['num_warps'])
+                  SOFTPLUS=bool(delta_softplus), num_warps=cfg['num_warps'],
+                  SA=_step_axis(cfg, u, delta, z, y))
     with _device_ctx(u):
         for summary in ((True, False) if nseg > 1 else (False,)):
             _fwd_kernel[grid](
@@ -784,7 +862,8 @@ def selective_scan_2d_bwd_triton(dy, dlast, u, delta, A, B, C, codes: List[int],
     common = dict(BD=cfg['BD'], NP=cfg['NP'], R=cfg['R'], NJ=cfg['NJ'], HAS_D=D is not None,
                   HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
                   SOFTPLUS=bool(delta_softplus), HAS_DLAST=dlast is not None,
-                  ATOMIC_BC=atomic, num_warps=cfg['num_warps'])
+                  ATOMIC_BC=atomic, num_warps=cfg['num_warps'],
+                  SA=_step_axis(cfg, u, delta, z, dy, du, ddt, dz))
     with _device_ctx(u):
         for summary in ((True, False) if nseg > 1 else (False,)):
             _bwd_kernel[grid](

@@ -228,6 +228,22 @@ def test_gpu_heuristic_tiles(gpu_heuristic, per, hw, states, backward, want):
     assert (cfg['BD'], cfg['num_warps']) == want
 
 
+def test_step_axis():
+    """The kernels' tile order: steps inside a thread ([NJ, R, BK], whose
+    loads assert adjacent channel pairs; a wrong assertion would vectorise
+    loads of elements apart in memory) only when every map has channel
+    stride 1, with one state and tiles of >= 2 channels."""
+    from mmgroupmamba.ops.triton_scan import _step_axis
+    nchw = torch.zeros(2, 8, 5, 6)
+    nhwc = torch.zeros(2, 5, 6, 8).permute(0, 3, 1, 2)
+    one = dict(NP=1, BD=4)
+    assert _step_axis(one, nhwc, nhwc, None) == 1
+    assert _step_axis(one, nhwc, nchw) == 0                 # one map channels-first
+    assert _step_axis(one, nhwc[:, :1], nchw[:, :1]) == 1   # one channel: its stride is moot
+    assert _step_axis(dict(one, NP=2), nhwc) == 0           # channel-state pairs
+    assert _step_axis(dict(one, BD=1), nhwc) == 0           # one channel per tile
+
+
 def test_pack_directions():
     """Direction codes travel as one int32 argument, 2 bits per group (a
     device tensor built from a list would synchronise the stream per call)."""
