@@ -126,30 +126,37 @@ def scan_config(batch: int, dim: int, groups: int, n_state: int, height: int, wi
     has_c = any(c in (1, 3) for c in codes)
     # a run is padded to R steps at the end of each line: R <= the lines
     n_min = min(width if has_r else height, height if has_c else width)
+    sms = 1 if small else torch.cuda.get_device_properties(
+        torch.cuda.current_device()).multi_processor_count
     if small:
         bd, r, nj, warps = min(_np2(per), 4), 2, 4, 1
     else:
-        # Measured on an H100 (docs/benchmarks.md, sweeps): 16 (or 8) channels
-        # x 16 runs of 4 steps on 4 warps; 8-channel tiles where they pad
-        # less. Groups of >= 32 channels (N = 1) take 16-channel tiles
-        # whatever the padding, except the states-mode backward: 8 channels
-        # on 2 warps. Tiles of at most 64 channel-state pairs so N > 1 stays
-        # in registers.
+        # Measured on an H100 (docs/benchmarks.md, sweeps) with the layout
+        # :func:`_off` sets (the steps of a run inside a thread): 16 channels
+        # x 16 runs of 4 steps on 4 warps. The forward takes 16-channel tiles
+        # whatever the padding (N = 1); the backward of small groups takes
+        # 8-channel tiles where they pad less, the states-mode backward of
+        # large ones 8 channels on 2 warps. Tiles of at most 64
+        # channel-state pairs so N > 1 stays in registers.
         if np_ == 1 and per >= 32 and states and backward:
             bd, warps = 8, 2
-        elif np_ == 1 and per >= 32:
+        elif np_ == 1 and (per >= 32 or not backward):
             bd, warps = 16, 4
         else:
             bd = 16 if (_cdiv(per, 16) * 16 - per) <= (_cdiv(per, 8) * 8 - per) else 8
             warps = 4
         bd = max(1, min(bd, _np2(per), 64 // np_))
         r, nj = (4 if np_ == 1 else 2), 16
-        if np_ == 1 and not states and 8 < min(height, width) and max(height, width) <= 16:
-            # Lines of 9-16 steps (the 14x14 stage): a run is a whole line,
-            # walked inside the thread, two lines per chunk, on 2 warps.
-            # Measured faster there; slower on 28x28 and on 7x7 maps
-            # (docs/benchmarks.md).
-            r, nj, warps = 16, 2, 2
+        # Shape rules, the same for both passes (the backward reads the
+        # forward's checkpoints, so R and NJ must agree).
+        if np_ == 1 and not states:
+            if max(height, width) <= 8:
+                nj, warps = 8, 2                  # 7x7 maps: 8 runs per chunk
+            elif 8 < min(height, width) and max(height, width) <= 16:
+                r, nj, warps = 8, 4, 2            # 14x14 maps: two runs of 8 per line
+            elif (per <= 16 and min(height, width) >= 32
+                  and batch * groups * _cdiv(per, 16) >= 2 * sms):
+                nj, warps = 32, 8                 # 56x56, rows enough: 32 runs per chunk
     bd = ov.get('BD', bd)
     r = min(ov.get('R', r), _np2(n_min))
     nj = ov.get('NJ', nj)
@@ -157,8 +164,6 @@ def scan_config(batch: int, dim: int, groups: int, n_state: int, height: int, wi
               _n_chunks(width, height, r, nj) if has_c else 0)
     n_dt = _cdiv(per, bd)
     rows = batch * groups * n_dt
-    sms = 1 if small else torch.cuda.get_device_properties(
-        torch.cuda.current_device()).multi_processor_count
     if 'CPS' in ov:
         cps = ov['CPS']
     elif small or rows >= 2 * sms:

@@ -192,33 +192,45 @@ def gpu_heuristic(monkeypatch):
 
 
 @pytest.mark.parametrize('height, width, states, want', [
-    (14, 14, False, (16, 2)),   # 9-16-step lines: one run per line, two lines per chunk
-    (16, 11, False, (16, 2)),
+    (14, 14, False, (8, 4)),    # 9-16-step lines: two runs of 8 per line, four runs per chunk
+    (16, 11, False, (8, 4)),
     (28, 28, False, (4, 16)),   # longer lines: runs of 4 steps
     (14, 28, False, (4, 16)),
-    (7, 7, False, (4, 16)),     # 7-step lines: runs of 4 (whole lines were slower)
+    (7, 7, False, (4, 8)),      # 7-step lines: runs of 4, 8 runs per chunk
     (14, 14, True, (4, 16)),    # the states mode keeps its measured tile
 ])
 def test_gpu_heuristic_runs_per_line_on_short_lines(gpu_heuristic, height, width, states, want):
-    """The GPU tile heuristic (measured on an H100, docs/benchmarks.md) takes
-    whole-line runs only where every scan line has 9-16 steps, and both
-    passes agree on the chunking (the backward reads the forward's
-    checkpoints)."""
+    """The GPU tile heuristic (measured on an H100, docs/benchmarks.md) picks
+    the runs by the lines' length, and both passes agree on the chunking
+    (the backward reads the forward's checkpoints)."""
     cfgs = [gpu_heuristic.scan_config(128, 424, 4, 1, height, width, (0, 1, 2, 3), True,
                                       backward=b, states=states) for b in (False, True)]
     assert {(c['R'], c['NJ']) for c in cfgs} == {want}
     assert cfgs[0]['NCH'] == cfgs[1]['NCH']
 
 
+@pytest.mark.parametrize('batch, per, want', [
+    (128, 16, (32, 8)),   # GroupMamba-T stage 1: 32 runs per chunk on 8 warps
+    (128, 24, (16, 4)),   # larger groups: 16 runs on 4 warps (measured faster there)
+    (2, 16, (16, 4)),     # few rows (a sequence split over programs): 16 runs
+])
+def test_gpu_heuristic_long_lines(gpu_heuristic, batch, per, want):
+    """56x56 maps take 32 runs per chunk on 8 warps, in both passes, only
+    for groups of <= 16 channels with rows enough to fill the GPU."""
+    cfgs = [gpu_heuristic.scan_config(batch, 4 * per, 4, 1, 56, 56, (0, 1, 2, 3), True,
+                                      backward=b) for b in (False, True)]
+    assert {(c['NJ'], c['num_warps']) for c in cfgs} == {want}
+
+
 @pytest.mark.parametrize('per, hw, states, backward, want', [
     (32, 28, False, False, (16, 4)),   # groups of >= 32 channels: 16-channel tiles, 4 warps
     (32, 28, False, True, (16, 4)),
-    (87, 14, False, False, (16, 2)),   # whole-line runs: 2 warps, padding 87 -> 96 channels
-    (112, 7, False, True, (16, 4)),
+    (87, 14, False, False, (16, 2)),   # 14x14 maps: 2 warps, padding 87 -> 96 channels
+    (112, 7, False, True, (16, 2)),    # 7x7 maps: 2 warps
     (128, 28, True, True, (8, 2)),     # the states-mode backward keeps 8 channels on 2 warps
     (128, 28, True, False, (16, 4)),
-    (24, 56, False, False, (8, 4)),    # small groups: the tile that pads less
-    (16, 56, False, True, (16, 4)),
+    (24, 56, False, False, (16, 4)),   # the forward of small groups: 16 channels all the same
+    (24, 56, False, True, (8, 4)),     # their backward: the tile that pads less
 ])
 def test_gpu_heuristic_tiles(gpu_heuristic, per, hw, states, backward, want):
     """The channel tile and warps the H100 sweeps chose (docs/benchmarks.md)."""
