@@ -333,8 +333,8 @@ def _rscan_chunk(a, gsrc, x_in, R: tl.constexpr, NJ: tl.constexpr, SA: tl.conste
     terms of the decayed gradient ``x_t = a_{t+1} dh_{t+1}``:
     ``x_{t-1} = a_t (x_t + g_t)`` needs each step's own decay ``a_t`` only,
     and ``dh_t = g_t + x_t`` is the scan *exclusive* of step t. Entered (from
-    its end) with x_in [1, 1, BK]; returns dh (a tile like a), x before the
-    chunk's first step, and the chunk's decay product.
+    its end) with x_in (see :func:`_carry`); returns dh (a tile like a), x
+    before the chunk's first step, and the chunk's decay product.
 
     With the steps inside a thread (SA = 1) the scan within runs is a
     forward scan of the flipped run: compiled, Triton 3.6's reverse scan
@@ -387,10 +387,10 @@ def _sum_channels(x, BD: tl.constexpr, NP: tl.constexpr):
 @triton.jit
 def _bc_state(nk, NP: tl.constexpr):
     """State index along the last axis of a B or C tile. With one state, B
-    and C are the same for every channel of the tile: a [NJ, R, 1] tile,
+    and C are the same for every channel of the tile: a tile of one channel,
     broadcast where used, is loaded once per step instead of once per
     channel (and holds fewer registers: the backward spilled with full
-    tiles). Else [NJ, R, BK] like the other inputs."""
+    tiles). Else a full tile like the other inputs."""
     if NP == 1:
         k = tl.zeros([1], dtype=tl.int32)
     else:
@@ -401,7 +401,7 @@ def _bc_state(nk, NP: tl.constexpr):
 @triton.jit
 def _bc_mask(steps, m3, NP: tl.constexpr):
     """Load mask of a B or C tile (see :func:`_bc_state`): the steps' mask
-    [NJ, R, 1] with one state, else the channel-state mask m3 [NJ, R, BK]."""
+    of one channel with one state, else the channel-state mask m3."""
     if NP == 1:
         m = steps
     else:
