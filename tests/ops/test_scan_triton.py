@@ -229,7 +229,7 @@ def test_gpu_heuristic_long_lines(gpu_heuristic, batch, per, want):
     (112, 7, False, True, (16, 2)),    # 7x7 maps: 2 warps
     (128, 28, True, True, (8, 2)),     # the states-mode backward keeps 8 channels on 2 warps
     (128, 28, True, False, (16, 4)),
-    (24, 56, False, False, (16, 4)),   # the forward of small groups: 16 channels all the same
+    (24, 56, False, False, (16, 4)),   # forward of small groups: 16 channels, any padding
     (24, 56, False, True, (8, 4)),     # their backward: the tile that pads less
 ])
 def test_gpu_heuristic_tiles(gpu_heuristic, per, hw, states, backward, want):
