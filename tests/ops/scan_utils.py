@@ -65,12 +65,16 @@ def rel_err(a: torch.Tensor, b: torch.Tensor, floor: float = 1e-3) -> float:
 
 def run_scan(inp: Dict[str, Optional[torch.Tensor]], directions: Sequence[str], softplus: bool,
              backend: Optional[str], reference64: bool = False, seed: int = 1,
-             states: bool = False, out_dtype: Optional[torch.dtype] = None):
+             states: bool = False, out_dtype: Optional[torch.dtype] = None,
+             dy_like_y: bool = False):
     """Forward + backward with random output gradients.
 
     Returns (y, last, {name: grad}); with ``reference64`` it runs the
     reference on float64 copies of the inputs (the ground truth). With
     ``states`` the op runs without C, D and z and y is the hidden states.
+    The output gradient is contiguous, or with ``dy_like_y`` laid out like y
+    (the same values): the kernels pick their tile order from the maps'
+    strides, the gradient's included.
     """
     if states:
         inp = {k: (None if k in ('C', 'D', 'z') else v) for k, v in inp.items()}
@@ -93,6 +97,8 @@ def run_scan(inp: Dict[str, Optional[torch.Tensor]], directions: Sequence[str], 
                                     out_dtype=out_dtype)
     gen = torch.Generator().manual_seed(seed)
     dy = torch.randn(y.shape, generator=gen).to(y)
+    if dy_like_y:
+        dy = torch.empty_like(y).copy_(dy)
     dlast = torch.randn(last.shape, generator=gen).to(last)
     ((y * dy).sum() + (last * dlast).sum()).backward()
     grads = {k: v.grad for k, v in ins.items() if v is not None}

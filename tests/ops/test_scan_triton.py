@@ -13,8 +13,9 @@ from mmgroupmamba.ops import selective_scan, selective_scan_2d
 TOL = 1e-4  # relative (norm) error, fp32
 
 
-def _check(inp, dirs, softplus, tol=TOL, states=False):
-    y, last, grads = run_scan(inp, dirs, softplus, backend='triton', states=states)
+def _check(inp, dirs, softplus, tol=TOL, states=False, dy_like_y=False):
+    y, last, grads = run_scan(inp, dirs, softplus, backend='triton', states=states,
+                              dy_like_y=dy_like_y)
     y64, last64, grads64 = run_scan(inp, dirs, softplus, backend=None, reference64=True,
                                     states=states)
     if states:  # (batch, dim, N, H, W) fp32, contiguous
@@ -85,10 +86,22 @@ def test_states_mode_matches_reference(case, kernel_device, scan_override):
     _check(inp, dirs, True, states=True)
 
 
-@pytest.mark.parametrize('layout', ['channels_last', 'strided'])
-def test_layouts(layout, kernel_device):
+@pytest.mark.parametrize('layout, dy_like_y', [('channels_last', False), ('channels_last', True),
+                                              ('strided', False)])
+def test_layouts(layout, dy_like_y, kernel_device, monkeypatch):
+    """Map layouts, forward and every gradient against float64. Channels-last
+    maps with a channels-last output gradient take the tiles with the steps
+    inside a thread in both passes (GroupMamba's case); with a contiguous
+    gradient the backward takes the other tile order."""
+    from mmgroupmamba.ops import triton_scan
+    chosen = []
+    step_axis = triton_scan._step_axis
+    monkeypatch.setattr(triton_scan, '_step_axis',
+                        lambda *a: chosen.append(step_axis(*a)) or chosen[-1])
     inp = make_inputs(2, 8, 4, 1, 4, 5, layout=layout, device=kernel_device)
-    _check(inp, ('lr', 'tb', 'rl', 'bt'), True)
+    _check(inp, ('lr', 'tb', 'rl', 'bt'), True, dy_like_y=dy_like_y)
+    want = {'channels_last': [1, 1 if dy_like_y else 0], 'strided': [0, 0]}[layout]
+    assert chosen == want                       # (forward, backward)
 
 
 def test_directions_match_hand_permuted_1d(kernel_device):
