@@ -1,7 +1,7 @@
 """Triton kernels of the directional selective scan (forward and backward).
 
-Design: line-aligned runs, the steps of a run inside a thread
-------------------------------------------------------------
+Design: line-aligned runs, two tile orders
+-----------------------------------------
 One launch serves every channel group and direction. A program owns
 ``(batch b, group g, tile of BD channels of g, segment of chunks)`` and walks
 its chunks in scan order, carrying the state ``h`` in registers.
