@@ -70,9 +70,9 @@ tile in registers and stored directly when one tile holds the whole group
 dA/dD/d(delta_bias) are accumulated per program and summed on the host
 (deterministic).
 
-Interpreter (``TRITON_INTERPRET=1``): no libdevice (softplus is a guarded
-``log(1 + exp(x))``), bf16 only loaded and cast, and a fixed small config
-(no autotuning) so CI stays fast.
+Interpreter (``TRITON_INTERPRET=1``): no libdevice (softplus takes
+``tl.log`` where compiled kernels take the hardware log2), bf16 only loaded
+and cast, and a fixed small config (no autotuning) so CI stays fast.
 
 States mode (``STATES``, Spatial-Mamba): without C the forward stores the
 hidden states (fp32, a (batch, dim, N, H, W) tensor) instead of reducing them
@@ -86,8 +86,11 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 import triton
 import triton.language as tl
+from triton.language.extra import libdevice
 
 _INTERPRET = os.environ.get('TRITON_INTERPRET', '0') == '1'
+#: compiled kernels take the hardware log2 (libdevice), see :func:`_softplus`
+_HW_LOG = tl.constexpr(not _INTERPRET)
 
 #: Test/benchmark hook: keys 'BD' (channels per program, both passes), 'R'
 #: (steps per run), 'NJ' (runs per chunk), 'CPS' (chunks per segment),
@@ -196,10 +199,25 @@ def _combine_excl(a1, b1, e1, f1, a2, b2, e2, f2):
 
 @triton.jit
 def _softplus(x):
-    # Guarded log(1 + exp(x)) (no libdevice log1p, so it runs in the
-    # interpreter); exp(x) is the better value far below 0.
+    """softplus(x) = log(1 + e^x) and its derivative e^x / (1 + e^x).
+
+    Compiled, ``tl.log`` is a polynomial of about 20 instructions (softplus
+    was 17% of the forward's instructions at stage 3, docs/benchmarks.md).
+    Here log(1 + e) is a series where 1 + e is near 1 and elsewhere the
+    hardware log2 (PTX ``lg2.approx``, absolute error about 2^-22), which is
+    then within 1.5e-6 relative (rounding 1 + e in fp32 alone gives 7e-7).
+    The interpreter has no libdevice and takes ``tl.log`` there.
+    """
     e = tl.exp(tl.minimum(x, 20.0))
-    return tl.where(x > 20.0, x, tl.where(x < -15.0, e, tl.log(1.0 + e)))
+    # log1p(e) for e < 1/8, 7 terms: truncation < (1/8)^7 / 8 < 1e-7 relative
+    series = e * (1.0 + e * (-0.5 + e * (0.3333333333333333 + e * (
+        -0.25 + e * (0.2 + e * (-0.16666666666666666 + e * 0.14285714285714285))))))
+    if _HW_LOG:
+        lg = libdevice.fast_logf(1.0 + e)
+    else:
+        lg = tl.log(1.0 + e)
+    sp = tl.where(x > 20.0, x, tl.where(e < 0.125, series, lg))
+    return sp, tl.where(x > 20.0, 1.0, e / (1.0 + e))
 
 
 @triton.jit
@@ -230,19 +248,47 @@ def _line(sh, sw, col, rev, n_outer, n_inner):
 
 
 @triton.jit
-def _slots(c, rpl, n_outer, n_inner, R: tl.constexpr, NJ: tl.constexpr, SA: tl.constexpr):
-    """Line o, position i and validity of chunk c's slots: [NJ, 1], [NJ, R],
-    [NJ, R] with the steps on axis SA = 1, else [1, NJ], [R, NJ], [R, NJ]."""
+def _runs(c, rpl, NJ: tl.constexpr):
+    """Chunk c's runs [NJ]: their line and index in the line."""
     jg = c * NJ + tl.arange(0, NJ)
     o = jg // rpl
-    i0 = (jg - o * rpl) * R
+    return o, jg - o * rpl
+
+
+@triton.jit
+def _shift_runs(o, j, dq, dr, rpl, forward: tl.constexpr):
+    """The runs of the next (``forward``) or previous chunk, NJ = dq * rpl +
+    dr runs on: a carry instead of the chunk loop's division per run."""
+    if forward:
+        j = j + dr
+        wrap = j >= rpl
+        o, j = o + dq + wrap.to(tl.int32), tl.where(wrap, j - rpl, j)
+    else:
+        j = j - dr
+        wrap = j < 0
+        o, j = o - dq - wrap.to(tl.int32), tl.where(wrap, j + rpl, j)
+    return o, j
+
+
+@triton.jit
+def _slots(runs, n_outer, n_inner, R: tl.constexpr, SA: tl.constexpr, EVEN: tl.constexpr):
+    """Line o, position i and validity of the slots of a chunk's runs (see
+    :func:`_runs`): [NJ, 1], [NJ, R], [NJ, R] with the steps on axis SA = 1,
+    else [1, NJ], [R, NJ], [R, NJ]. ``EVEN``: R divides every line (the host
+    checked), so validity is per run (a compare per element less)."""
+    o, j = runs
+    i0 = j * R
     if SA == 1:
         ii = i0[:, None] + tl.arange(0, R)[None, :]
         o = o[:, None]
     else:
         ii = i0[None, :] + tl.arange(0, R)[:, None]
         o = o[None, :]
-    return o, ii, (o < n_outer) & (ii < n_inner)
+    if EVEN:
+        valid = tl.broadcast_to(o < n_outer, ii.shape)
+    else:
+        valid = (o < n_outer) & (ii < n_inner)
+    return o, ii, valid
 
 
 @triton.jit
@@ -267,13 +313,15 @@ def _off(ch, base, so, si, o, ii, CH_PAIRS: tl.constexpr):
 
 @triton.jit
 def _delta(dt, bias, valid, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
-    """(delta after bias/softplus, zero on padding; its pre-softplus value)."""
+    """(delta after bias/softplus, zero on padding; d delta / d(dt + bias),
+    the softplus derivative, or 1)."""
     if HAS_BIAS:
         dt = dt + bias[None, None, :]
     dtv = dt
+    dsp = tl.full(dt.shape, 1.0, tl.float32)
     if SOFTPLUS:
-        dtv = _softplus(dt)
-    return tl.where(valid, dtv, 0.0), dt
+        dtv, dsp = _softplus(dt)
+    return tl.where(valid, dtv, 0.0), dsp
 
 
 @triton.jit
@@ -437,7 +485,8 @@ def _fwd_kernel(u_ptr, dt_ptr, z_ptr, y_ptr, A_ptr, D_ptr, bias_ptr, B_ptr, C_pt
                 BD: tl.constexpr, NP: tl.constexpr, R: tl.constexpr, NJ: tl.constexpr,
                 HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
                 SOFTPLUS: tl.constexpr, SUMMARY: tl.constexpr, SAVE_CKPT: tl.constexpr,
-                STATES: tl.constexpr, SA: tl.constexpr):
+                STATES: tl.constexpr, SA: tl.constexpr,
+                EVEN: tl.constexpr):
     g, b, seg, code, d, nk, kmask = _program(dir_bits, dim, per, N, N_DT, BD, NP)
     col, rev, n_outer, n_inner, rpl, n_ch = _geom(code, H, W, R, NJ)
     bu, ou, iu = _line(su2, su3, col, rev, n_outer, n_inner)
@@ -474,7 +523,10 @@ def _fwd_kernel(u_ptr, dt_ptr, z_ptr, y_ptr, A_ptr, D_ptr, bias_ptr, B_ptr, C_pt
                  + tl.load(sh_ptr + soff, mask=_carry(kmask, SA), other=0.0))
     # The next chunk's inputs are loaded before this chunk is scanned, so
     # their memory latency overlaps the scan (the loop is a serial chain).
-    o, ii, valid = _slots(c_start, rpl, n_outer, n_inner, R, NJ, SA)
+    dq = NJ // rpl
+    dr = NJ - dq * rpl
+    runs = _runs(c_start, rpl, NJ)
+    o, ii, valid = _slots(runs, n_outer, n_inner, R, SA, EVEN)
     m3 = valid[:, :, None] & kmask[None, None, :] & (c_start < c_end)
     u_n = tl.load(u_b + _off(u_ch, bu, ou, iu, o, ii, SA == 1), mask=m3, other=0.0)
     dt_n = tl.load(dt_b + _off(dt_ch, bd_, od, id_, o, ii, SA == 1), mask=m3, other=0.0)
@@ -484,13 +536,15 @@ def _fwd_kernel(u_ptr, dt_ptr, z_ptr, y_ptr, A_ptr, D_ptr, bias_ptr, B_ptr, C_pt
         u = u_n.to(tl.float32)
         dt_raw = dt_n.to(tl.float32)
         Bv = B_n.to(tl.float32)
-        o, ii, valid = _slots(c + 1, rpl, n_outer, n_inner, R, NJ, SA)
+        runs_n = _shift_runs(runs[0], runs[1], dq, dr, rpl, True)
+        o, ii, valid = _slots(runs_n, n_outer, n_inner, R, SA, EVEN)
         m3 = valid[:, :, None] & kmask[None, None, :] & (c + 1 < c_end)
         u_n = tl.load(u_b + _off(u_ch, bu, ou, iu, o, ii, SA == 1), mask=m3, other=0.0)
         dt_n = tl.load(dt_b + _off(dt_ch, bd_, od, id_, o, ii, SA == 1), mask=m3, other=0.0)
         B_n = tl.load(B_b + _off(b_ch, bb, ob, ib, o, ii, False),
                       mask=_bc_mask(valid[:, :, None] & (c + 1 < c_end), m3, NP), other=0.0)
-        o, ii, valid = _slots(c, rpl, n_outer, n_inner, R, NJ, SA)
+        o, ii, valid = _slots(runs, n_outer, n_inner, R, SA, EVEN)
+        runs = runs_n
         m3 = valid[:, :, None] & kmask[None, None, :]
         dtv, _ = _delta(dt_raw, bias, m3, HAS_BIAS, SOFTPLUS)
         if SAVE_CKPT:
@@ -533,15 +587,16 @@ def _fwd_kernel(u_ptr, dt_ptr, z_ptr, y_ptr, A_ptr, D_ptr, bias_ptr, B_ptr, C_pt
 
 
 @triton.jit
-def _bwd_loads(c, live, rpl, n_outer, n_inner, col, rev, kmask, b64, g, d, nk,
+def _bwd_loads(runs, live, n_outer, n_inner, col, rev, kmask, b64, g, d, nk,
                u_ptr, dt_ptr, z_ptr, dy_ptr, B_ptr, C_ptr, su, sd, sz, sdy, sb, sc,
                R: tl.constexpr, NJ: tl.constexpr, HAS_Z: tl.constexpr, STATES: tl.constexpr,
-               FULL: tl.constexpr, NP: tl.constexpr, SA: tl.constexpr):
-    """Raw [NJ, R, BK] tiles of chunk c for the backward (all-masked unless
-    live): delta, u, B, dy (or the states' gradient: its state stride is 0
+               FULL: tl.constexpr, NP: tl.constexpr, SA: tl.constexpr,
+               EVEN: tl.constexpr):
+    """Raw [NJ, R, BK] tiles of a chunk's runs (see :func:`_runs`) for the
+    backward (all-masked unless live): delta, u, B, dy (or the states' gradient: its state stride is 0
     for y), C, z. Without FULL (the summary pass) only what the reverse
     recurrence needs."""
-    o, ii, valid = _slots(c, rpl, n_outer, n_inner, R, NJ, SA)
+    o, ii, valid = _slots(runs, n_outer, n_inner, R, SA, EVEN)
     m3 = valid[:, :, None] & kmask[None, None, :] & live
     bd_, od, id_ = _line(sd[2], sd[3], col, rev, n_outer, n_inner)
     dt = tl.load(dt_ptr + b64 * sd[0] + _off(d * sd[1], bd_, od, id_, o, ii, SA == 1), mask=m3,
@@ -584,7 +639,8 @@ def _bwd_kernel(u_ptr, dt_ptr, z_ptr, dy_ptr, A_ptr, D_ptr, bias_ptr, B_ptr, C_p
                 BD: tl.constexpr, NP: tl.constexpr, R: tl.constexpr, NJ: tl.constexpr,
                 HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
                 SOFTPLUS: tl.constexpr, SUMMARY: tl.constexpr, HAS_DLAST: tl.constexpr,
-                ATOMIC_BC: tl.constexpr, STATES: tl.constexpr, SA: tl.constexpr):
+                ATOMIC_BC: tl.constexpr, STATES: tl.constexpr, SA: tl.constexpr,
+                EVEN: tl.constexpr):
     g, b, seg, code, d, nk, kmask = _program(dir_bits, dim, per, N, N_DT, BD, NP)
     col, rev, n_outer, n_inner, rpl, n_ch = _geom(code, H, W, R, NJ)
     b64 = b.to(tl.int64)
@@ -620,20 +676,25 @@ def _bwd_kernel(u_ptr, dt_ptr, z_ptr, dy_ptr, A_ptr, D_ptr, bias_ptr, B_ptr, C_p
     dbias_acc = tl.zeros([NJ, BD * NP], dtype=tl.float32)
     # The next (earlier) chunk's inputs are loaded before this chunk is
     # processed, so their latency overlaps the work (the loop is a serial chain).
+    dq = NJ // rpl
+    dr = NJ - dq * rpl
+    runs = _runs(c_end - 1, rpl, NJ)
     dt_n, u_n, B_n, dy_n, C_n, z_n = _bwd_loads(
-        c_end - 1, c_start < c_end, rpl, n_outer, n_inner, col, rev, kmask, b64, g, d, nk,
+        runs, c_start < c_end, n_outer, n_inner, col, rev, kmask, b64, g, d, nk,
         u_ptr, dt_ptr, z_ptr, dy_ptr, B_ptr, C_ptr, su, sd, sz, sdy, sb, sc,
-        R, NJ, HAS_Z, STATES, not SUMMARY, NP, SA)
+        R, NJ, HAS_Z, STATES, not SUMMARY, NP, SA, EVEN)
     for j in range(0, c_end - c_start):
         c = c_end - 1 - j
         dt_r, u_r, B_r, dy_r, C_r, z_r = dt_n, u_n, B_n, dy_n, C_n, z_n
+        runs_n = _shift_runs(runs[0], runs[1], dq, dr, rpl, False)
         dt_n, u_n, B_n, dy_n, C_n, z_n = _bwd_loads(
-            c - 1, c - 1 >= c_start, rpl, n_outer, n_inner, col, rev, kmask, b64, g, d, nk,
+            runs_n, c - 1 >= c_start, n_outer, n_inner, col, rev, kmask, b64, g, d, nk,
             u_ptr, dt_ptr, z_ptr, dy_ptr, B_ptr, C_ptr, su, sd, sz, sdy, sb, sc,
-            R, NJ, HAS_Z, STATES, not SUMMARY, NP, SA)
-        o, ii, valid = _slots(c, rpl, n_outer, n_inner, R, NJ, SA)
+            R, NJ, HAS_Z, STATES, not SUMMARY, NP, SA, EVEN)
+        o, ii, valid = _slots(runs, n_outer, n_inner, R, SA, EVEN)
+        runs = runs_n
         m3 = valid[:, :, None] & kmask[None, None, :]
-        dtv, dtx = _delta(dt_r.to(tl.float32), bias, m3, HAS_BIAS, SOFTPLUS)
+        dtv, dsp = _delta(dt_r.to(tl.float32), bias, m3, HAS_BIAS, SOFTPLUS)
         a = tl.exp(dtv * A[None, None, :])                              # 1 on padding
         dy = dy_r.to(tl.float32)
         Cv = C_r.to(tl.float32)
@@ -675,9 +736,7 @@ def _bwd_kernel(u_ptr, dt_ptr, z_ptr, dy_ptr, A_ptr, D_ptr, bias_ptr, B_ptr, C_p
                 du = du + Dv[None, None, :] * gy
                 dD_acc += tl.sum(gy * u, axis=SA)
             dA_acc += tl.sum(ta * dtv, axis=SA)
-            if SOFTPLUS:
-                ddt = ddt * tl.where(dtx > 20.0, 1.0, _sigmoid(dtx))
-            ddt = tl.where(m3, ddt, 0.0)
+            ddt = tl.where(m3, ddt * dsp, 0.0)
             dbias_acc += tl.sum(ddt, axis=SA)
             bdu, odu, idu = _line(sdu[2], sdu[3], col, rev, n_outer, n_inner)
             tl.store(du_ptr + b64 * sdu[0] + _off(d * sdu[1], bdu, odu, idu, o, ii, SA == 1),
@@ -809,7 +868,8 @@ def selective_scan_2d_fwd_triton(u, delta, A, B, C, codes: List[int], D=None, z=
     common = dict(BD=cfg['BD'], NP=cfg['NP'], R=cfg['R'], NJ=cfg['NJ'], HAS_D=D is not None,
                   HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
                   SOFTPLUS=bool(delta_softplus), num_warps=cfg['num_warps'],
-                  SA=_step_axis(cfg, u, delta, z, y))
+                  SA=_step_axis(cfg, u, delta, z, y),
+                  EVEN=height % cfg['R'] == 0 and width % cfg['R'] == 0)
     with _device_ctx(u):
         for summary in ((True, False) if nseg > 1 else (False,)):
             _fwd_kernel[grid](
@@ -868,7 +928,8 @@ def selective_scan_2d_bwd_triton(dy, dlast, u, delta, A, B, C, codes: List[int],
                   HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
                   SOFTPLUS=bool(delta_softplus), HAS_DLAST=dlast is not None,
                   ATOMIC_BC=atomic, num_warps=cfg['num_warps'],
-                  SA=_step_axis(cfg, u, delta, z, dy, du, ddt, dz))
+                  SA=_step_axis(cfg, u, delta, z, dy, du, ddt, dz),
+                  EVEN=height % cfg['R'] == 0 and width % cfg['R'] == 0)
     with _device_ctx(u):
         for summary in ((True, False) if nseg > 1 else (False,)):
             _bwd_kernel[grid](
