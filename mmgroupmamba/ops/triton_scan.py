@@ -131,16 +131,30 @@ def scan_config(batch: int, dim: int, groups: int, n_state: int, height: int, wi
     n_min = min(width if has_r else height, height if has_c else width)
     sms = 1 if small else torch.cuda.get_device_properties(
         torch.cuda.current_device()).multi_processor_count
+    one = _np2(per)                               # a tile of the whole group
     if small:
-        bd, r, nj, warps = min(_np2(per), 4), 2, 4, 1
+        bd, r, nj, warps = min(one, 4), 2, 4, 1
+    elif np_ == 1 and not states and 16 <= one <= 128 and 3 * (one - per) <= one:
+        # Measured on an H100 (docs/benchmarks.md, sweeps): one tile holds
+        # the whole group where that pads it by at most a third, so dB/dC
+        # are stored without atomics and B/C are read once (T stage 2
+        # backward 233 -> 152 us, stage 3 200 -> 153). Runs of 4 steps (of
+        # 8 on 14x14 maps: two per line), NJ such that a thread holds 8
+        # elements; 8 warps (32 runs of 16 channels) on 56x56-class maps
+        # with rows enough to fill the GPU, else 4.
+        bd = one
+        r = 8 if 8 < min(height, width) and max(height, width) <= 16 else 4
+        warps = 8 if (one == 16 and min(height, width) >= 32
+                      and batch * groups >= 2 * sms) else 4
+        nj = max(1, 8 * 32 * warps // (bd * r))
     else:
-        # Measured on an H100 (docs/benchmarks.md, sweeps) with the layout
-        # :func:`_off` sets (the steps of a run inside a thread): 16 channels
-        # x 16 runs of 4 steps on 4 warps. The forward takes 16-channel tiles
-        # whatever the padding (N = 1); the backward of small groups takes
-        # 8-channel tiles where they pad less, the states-mode backward of
-        # large ones 8 channels on 2 warps. Tiles of at most 64
-        # channel-state pairs so N > 1 stays in registers.
+        # Groups padded more, N > 1, the states mode (H100 sweeps, with the
+        # layout :func:`_off` sets): 16 channels x 16 runs of 4 steps on 4
+        # warps. The forward takes 16-channel tiles whatever the padding
+        # (N = 1); the backward of small groups takes 8-channel tiles where
+        # they pad less, the states-mode backward of large ones 8 channels
+        # on 2 warps. Tiles of at most 64 channel-state pairs so N > 1 stays
+        # in registers.
         if np_ == 1 and per >= 32 and states and backward:
             bd, warps = 8, 2
         elif np_ == 1 and (per >= 32 or not backward):
@@ -148,7 +162,7 @@ def scan_config(batch: int, dim: int, groups: int, n_state: int, height: int, wi
         else:
             bd = 16 if (_cdiv(per, 16) * 16 - per) <= (_cdiv(per, 8) * 8 - per) else 8
             warps = 4
-        bd = max(1, min(bd, _np2(per), 64 // np_))
+        bd = max(1, min(bd, one, 64 // np_))
         r, nj = (4 if np_ == 1 else 2), 16
         # Shape rules, the same for both passes (the backward reads the
         # forward's checkpoints, so R and NJ must agree).
@@ -157,9 +171,6 @@ def scan_config(batch: int, dim: int, groups: int, n_state: int, height: int, wi
                 nj, warps = 8, 2                  # 7x7 maps: 8 runs per chunk
             elif 8 < min(height, width) and max(height, width) <= 16:
                 r, nj, warps = 8, 4, 2            # 14x14 maps: two runs of 8 per line
-            elif (per <= 16 and min(height, width) >= 32
-                  and batch * groups * _cdiv(per, 16) >= 2 * sms):
-                nj, warps = 32, 8                 # 56x56, rows enough: 32 runs per chunk
     bd = ov.get('BD', bd)
     r = min(ov.get('R', r), _np2(n_min))
     nj = ov.get('NJ', nj)

@@ -171,12 +171,17 @@ def test_out_dtype_errors():
         selective_scan_2d(*args[:4], None, ('lr',), out_dtype=torch.float32)
 
 
-# (batch, dim, groups, N, H, W), states: 16-channel groups, on lines of 9-16
-# steps (one run per line) and longer ones; N = 16; groups of
-# >= 32 channels (8-channel tiles on 2 warps, atomic dB/dC), on both kinds of
-# lines; the states mode (forward on 16-channel tiles, backward on 8).
+# (batch, dim, groups, N, H, W), states: groups in one tile (16 channels on
+# lines of 9-16 steps and longer ones; 87 channels in a 128-channel tile, one
+# run of 8 per chunk; 24 in 32; 112 in 128 on 7x7 maps, dB/dC stored without
+# atomics); N = 16; groups padded too much for one tile (35 channels:
+# 16-channel tiles, atomic dB/dC), on both kinds of lines; the states mode
+# (forward on 16-channel tiles, backward on 8).
 @pytest.mark.parametrize('shape, states', [((2, 64, 4, 1, 14, 14), False),
                                            ((2, 64, 4, 1, 18, 20), False),
+                                           ((2, 348, 4, 1, 14, 14), False),
+                                           ((2, 96, 4, 1, 20, 12), False),
+                                           ((2, 448, 4, 1, 7, 7), False),
                                            ((1, 32, 2, 16, 8, 9), False),
                                            ((2, 140, 4, 1, 9, 7), False),
                                            ((2, 140, 4, 1, 16, 11), False),
@@ -205,11 +210,11 @@ def gpu_heuristic(monkeypatch):
 
 
 @pytest.mark.parametrize('height, width, states, want', [
-    (14, 14, False, (8, 4)),    # 9-16-step lines: two runs of 8 per line, four runs per chunk
-    (16, 11, False, (8, 4)),
-    (28, 28, False, (4, 16)),   # longer lines: runs of 4 steps
-    (14, 28, False, (4, 16)),
-    (7, 7, False, (4, 8)),      # 7-step lines: runs of 4, 8 runs per chunk
+    (14, 14, False, (8, 1)),    # 9-16-step lines: two runs of 8 per line; 106 channels in
+    (16, 11, False, (8, 1)),    # one 128-channel tile, so one run per chunk
+    (28, 28, False, (4, 2)),    # longer lines: runs of 4 steps
+    (14, 28, False, (4, 2)),
+    (7, 7, False, (4, 2)),      # 7-step lines: runs of 4
     (14, 14, True, (4, 16)),    # the states mode keeps its measured tile
 ])
 def test_gpu_heuristic_runs_per_line_on_short_lines(gpu_heuristic, height, width, states, want):
@@ -224,7 +229,7 @@ def test_gpu_heuristic_runs_per_line_on_short_lines(gpu_heuristic, height, width
 
 @pytest.mark.parametrize('batch, per, want', [
     (128, 16, (32, 8)),   # GroupMamba-T stage 1: 32 runs per chunk on 8 warps
-    (128, 24, (16, 4)),   # larger groups: 16 runs on 4 warps (measured faster there)
+    (128, 24, (8, 4)),    # larger groups, one 32-channel tile: 8 runs on 4 warps
     (2, 16, (16, 4)),     # few rows (a sequence split over programs): 16 runs
 ])
 def test_gpu_heuristic_long_lines(gpu_heuristic, batch, per, want):
@@ -236,14 +241,19 @@ def test_gpu_heuristic_long_lines(gpu_heuristic, batch, per, want):
 
 
 @pytest.mark.parametrize('per, hw, states, backward, want', [
-    (32, 28, False, False, (16, 4)),   # groups of >= 32 channels: 16-channel tiles, 4 warps
-    (32, 28, False, True, (16, 4)),
-    (87, 14, False, False, (16, 2)),   # 14x14 maps: 2 warps, padding 87 -> 96 channels
-    (112, 7, False, True, (16, 2)),    # 7x7 maps: 2 warps
+    (32, 28, False, False, (32, 4)),   # one tile per group, 4 warps, both passes
+    (32, 28, False, True, (32, 4)),
+    (87, 14, False, False, (128, 4)),  # padded by at most a third: 87 -> 128 channels
+    (112, 7, False, True, (128, 4)),
+    (24, 56, False, False, (32, 4)),
+    (24, 56, False, True, (32, 4)),
+    (40, 28, False, False, (16, 4)),   # padded more (40 -> 64): 16-channel tiles
+    (40, 28, False, True, (16, 4)),
+    (40, 14, False, True, (16, 2)),    # ... on 2 warps on 14x14 maps
+    (20, 56, False, False, (16, 4)),   # forward of small groups: 16 channels, any padding
+    (20, 56, False, True, (8, 4)),     # their backward: the tile that pads less
     (128, 28, True, True, (8, 2)),     # the states-mode backward keeps 8 channels on 2 warps
     (128, 28, True, False, (16, 4)),
-    (24, 56, False, False, (16, 4)),   # forward of small groups: 16 channels, any padding
-    (24, 56, False, True, (8, 4)),     # their backward: the tile that pads less
 ])
 def test_gpu_heuristic_tiles(gpu_heuristic, per, hw, states, backward, want):
     """The channel tile and warps the H100 sweeps chose (docs/benchmarks.md)."""
