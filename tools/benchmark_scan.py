@@ -2,7 +2,8 @@
 
 For each GroupMamba-T stage (batch 128, 4 groups with their own direction and
 B/C, N = 1, D + delta_bias + softplus, no z: the shape of the official layer),
-two dense-prediction stage-1 maps, and each Spatial-Mamba-T stage (one
+the dense-prediction maps (Mask R-CNN 1333x800 and UperNet 512x512, stages
+1-4; stages 2-4 are cases 14-19), and each Spatial-Mamba-T stage (one
 row-major scan over D = 2C channels in the states mode, C=None), in fp32 and
 bf16, prints: our forward/backward time (the 4 groups in one launch), the
 reference PyTorch path, ``torch.compile`` of the reference (where it compiles
@@ -56,6 +57,13 @@ CASES = [
     ('GroupMamba-B stage 2', 128, 48, 28, 28, None, None, 4, False),
     ('GroupMamba-B stage 3', 128, 106, 14, 14, None, None, 4, False),
     ('GroupMamba-B stage 4', 128, 128, 7, 7, None, None, 4, False),
+    # GroupMamba-T's later stages on the dense maps (few rows: the split path)
+    ('Mask R-CNN 1333x800 stage 2', 2, 32, 100, 167, None, None, 4, False),
+    ('Mask R-CNN 1333x800 stage 3', 2, 87, 50, 84, None, None, 4, False),
+    ('Mask R-CNN 1333x800 stage 4', 2, 112, 25, 42, None, None, 4, False),
+    ('UperNet 512x512 stage 2', 4, 32, 64, 64, None, None, 4, False),
+    ('UperNet 512x512 stage 3', 4, 87, 32, 32, None, None, 4, False),
+    ('UperNet 512x512 stage 4', 4, 112, 16, 16, None, None, 4, False),
 ]
 
 
