@@ -604,9 +604,9 @@ def _bwd_loads(runs, live, n_outer, n_inner, col, rev, kmask, b64, g, d, nk,
                FULL: tl.constexpr, NP: tl.constexpr, SA: tl.constexpr,
                EVEN: tl.constexpr):
     """Raw [NJ, R, BK] tiles of a chunk's runs (see :func:`_runs`) for the
-    backward (all-masked unless live): delta, u, B, dy (or the states' gradient: its state stride is 0
-    for y), C, z. Without FULL (the summary pass) only what the reverse
-    recurrence needs."""
+    backward (all-masked unless live): delta, u, B, dy (or the states'
+    gradient: its state stride is 0 for y), C, z. Without FULL (the summary
+    pass) only what the reverse recurrence needs."""
     o, ii, valid = _slots(runs, n_outer, n_inner, R, SA, EVEN)
     m3 = valid[:, :, None] & kmask[None, None, :] & live
     bd_, od, id_ = _line(sd[2], sd[3], col, rev, n_outer, n_inner)
