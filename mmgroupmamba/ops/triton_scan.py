@@ -694,6 +694,14 @@ def _bwd_kernel(u_ptr, dt_ptr, z_ptr, dy_ptr, A_ptr, D_ptr, bias_ptr, B_ptr, C_p
         runs, c_start < c_end, n_outer, n_inner, col, rev, kmask, b64, g, d, nk,
         u_ptr, dt_ptr, z_ptr, dy_ptr, B_ptr, C_ptr, su, sd, sz, sdy, sb, sc,
         R, NJ, HAS_Z, STATES, not SUMMARY, NP, SA, EVEN)
+    # The chunk-start checkpoints are prefetched with the inputs: with one
+    # run per chunk (14x14 maps) their load latency was exposed every chunk.
+    ck = _carry((b * dim + d) * NCH * N + nk, SA)
+    ck_mask = _carry(kmask, SA)
+    h0_n = tl.zeros(ck.shape, tl.float32)
+    if not SUMMARY:
+        h0_n = tl.load(ckpt_ptr + ck + (c_end - 1) * N, mask=ck_mask & (c_start < c_end),
+                       other=0.0)
     for j in range(0, c_end - c_start):
         c = c_end - 1 - j
         dt_r, u_r, B_r, dy_r, C_r, z_r = dt_n, u_n, B_n, dy_n, C_n, z_n
@@ -702,6 +710,10 @@ def _bwd_kernel(u_ptr, dt_ptr, z_ptr, dy_ptr, A_ptr, D_ptr, bias_ptr, B_ptr, C_p
             runs_n, c - 1 >= c_start, n_outer, n_inner, col, rev, kmask, b64, g, d, nk,
             u_ptr, dt_ptr, z_ptr, dy_ptr, B_ptr, C_ptr, su, sd, sz, sdy, sb, sc,
             R, NJ, HAS_Z, STATES, not SUMMARY, NP, SA, EVEN)
+        h0 = h0_n
+        if not SUMMARY:
+            h0_n = tl.load(ckpt_ptr + ck + (c - 1) * N, mask=ck_mask & (c - 1 >= c_start),
+                           other=0.0)
         o, ii, valid = _slots(runs, n_outer, n_inner, R, SA, EVEN)
         runs = runs_n
         m3 = valid[:, :, None] & kmask[None, None, :]
@@ -725,9 +737,7 @@ def _bwd_kernel(u_ptr, dt_ptr, z_ptr, dy_ptr, A_ptr, D_ptr, bias_ptr, B_ptr, C_p
         else:
             u = u_r.to(tl.float32)
             Bv = B_r.to(tl.float32)
-            # Recompute the chunk's states from its checkpoint.
-            h0 = tl.load(ckpt_ptr + _carry(((b * dim + d) * NCH + c) * N + nk, SA),
-                         mask=_carry(kmask, SA), other=0.0)
+            # Recompute the chunk's states from its checkpoint h0.
             bx = dtv * u * Bv
             hs, _, _ = _scan_chunk(a, bx, h0, R, NJ, SA)
             store_d = m3 & first_k                                      # one state per channel
