@@ -600,7 +600,7 @@ def _fwd_kernel(u_ptr, dt_ptr, z_ptr, y_ptr, A_ptr, D_ptr, bias_ptr, B_ptr, C_pt
 @triton.jit
 def _bwd_loads(runs, live, n_outer, n_inner, col, rev, kmask, b64, g, d, nk,
                u_ptr, dt_ptr, z_ptr, dy_ptr, B_ptr, C_ptr, su, sd, sz, sdy, sb, sc,
-               R: tl.constexpr, NJ: tl.constexpr, HAS_Z: tl.constexpr, STATES: tl.constexpr,
+               R: tl.constexpr, HAS_Z: tl.constexpr, STATES: tl.constexpr,
                FULL: tl.constexpr, NP: tl.constexpr, SA: tl.constexpr,
                EVEN: tl.constexpr):
     """Raw [NJ, R, BK] tiles of a chunk's runs (see :func:`_runs`) for the
@@ -693,7 +693,7 @@ def _bwd_kernel(u_ptr, dt_ptr, z_ptr, dy_ptr, A_ptr, D_ptr, bias_ptr, B_ptr, C_p
     dt_n, u_n, B_n, dy_n, C_n, z_n = _bwd_loads(
         runs, c_start < c_end, n_outer, n_inner, col, rev, kmask, b64, g, d, nk,
         u_ptr, dt_ptr, z_ptr, dy_ptr, B_ptr, C_ptr, su, sd, sz, sdy, sb, sc,
-        R, NJ, HAS_Z, STATES, not SUMMARY, NP, SA, EVEN)
+        R, HAS_Z, STATES, not SUMMARY, NP, SA, EVEN)
     # The chunk-start checkpoints are prefetched with the inputs: with one
     # run per chunk (14x14 maps) their load latency was exposed every chunk.
     ck = _carry((b * dim + d) * NCH * N + nk, SA)
@@ -709,7 +709,7 @@ def _bwd_kernel(u_ptr, dt_ptr, z_ptr, dy_ptr, A_ptr, D_ptr, bias_ptr, B_ptr, C_p
         dt_n, u_n, B_n, dy_n, C_n, z_n = _bwd_loads(
             runs_n, c - 1 >= c_start, n_outer, n_inner, col, rev, kmask, b64, g, d, nk,
             u_ptr, dt_ptr, z_ptr, dy_ptr, B_ptr, C_ptr, su, sd, sz, sdy, sb, sc,
-            R, NJ, HAS_Z, STATES, not SUMMARY, NP, SA, EVEN)
+            R, HAS_Z, STATES, not SUMMARY, NP, SA, EVEN)
         h0 = h0_n
         if not SUMMARY:
             h0_n = tl.load(ckpt_ptr + ck + (c - 1) * N, mask=ck_mask & (c - 1 >= c_start),
