@@ -76,10 +76,12 @@ def copy_bandwidth() -> float:
 
 
 def make(batch: int, per: int, height: int, width: int, dtype: torch.dtype,
-         groups: int = 4, channels_last: bool = False) -> Dict:
+         groups: int = 4, channels_last: bool = False, grouped: bool = False) -> Dict:
     """Scan inputs; ``channels_last``: the maps are permuted views of
     (batch, H, W, dim) and (batch, H, W, G, N) buffers, as GroupMamba's layer
-    passes them."""
+    passes them; ``grouped``: u and delta are grouped maps (batch, G, per, H,
+    W), views of a (G, batch, H, W, per) buffer (each group's map contiguous),
+    B and C as with ``channels_last``."""
     n_state = 1
     dim = groups * per
     g = torch.Generator(device='cuda').manual_seed(0)
@@ -89,7 +91,14 @@ def make(batch: int, per: int, height: int, width: int, dtype: torch.dtype,
             buf = torch.randn(shape[0], *shape[-2:], *shape[1:-2], device='cuda', generator=g)
             return (buf * scale).to(dtype).permute(0, *range(3, len(shape)), 1, 2)
         return (torch.randn(*shape, device='cuda', generator=g) * scale).to(dtype)
-    return dict(u=rnd(batch, dim, height, width), delta=rnd(batch, dim, height, width, scale=0.5),
+
+    def rnd_map(scale=1.0):
+        if grouped:
+            buf = torch.randn(groups, batch, height, width, per, device='cuda', generator=g)
+            return (buf * scale).to(dtype).permute(1, 0, 4, 2, 3)
+        return rnd(batch, dim, height, width, scale=scale)
+    channels_last = channels_last or grouped
+    return dict(u=rnd_map(), delta=rnd_map(scale=0.5),
                 A=-(torch.rand(dim, n_state, device='cuda', generator=g) + 0.2),
                 B=rnd(batch, groups, n_state, height, width),
                 C=rnd(batch, groups, n_state, height, width),
@@ -144,8 +153,15 @@ def bench_device(fn: Callable[[], object]) -> float:
     return do_bench_cudagraph(fn, rep=200, return_mode='median') * 1e3
 
 
+def flat_maps(t: Dict) -> Dict:
+    """The inputs with grouped maps as (batch, dim, H, W) (for the reference)."""
+    return {k: v.flatten(1, 2) if k in ('u', 'delta') and v.dim() == 5 else v
+            for k, v in t.items()}
+
+
 def ref_times(t: Dict, compiled: bool) -> Dict[str, Optional[float]]:
     """Reference forward and forward+backward-only times (us), or None."""
+    t = flat_maps(t)
     f = selective_scan_2d_ref
     # the timing loop reruns the backward on one graph
     torch._functorch.config.donated_buffer = False
@@ -182,6 +198,10 @@ def main() -> None:
     parser.add_argument('--fp32-only', action='store_true')
     parser.add_argument('--channels-last', action='store_true',
                         help='channels-last maps (permuted views), the GroupMamba layer\'s layout')
+    parser.add_argument('--grouped-maps', action='store_true',
+                        help='u and delta as grouped maps, each group\'s map contiguous (a '
+                             '(G, batch, H, W, per) buffer; states-mode cases keep '
+                             '--channels-last maps)')
     parser.add_argument('--check', action='store_true',
                         help='also report the forward\'s relative error against the reference')
     parser.add_argument('--cases', default=None, help='comma-separated case indices (default: all)')
@@ -208,13 +228,16 @@ def main() -> None:
     props = torch.cuda.get_device_properties(0)
     bw = 3.0e12 if args.warm_only else copy_bandwidth()
     head = (f'device: {props.name} ({props.multi_processor_count} SMs), torch {torch.__version__}, '
-            f'triton {triton.__version__}; measured copy bandwidth {bw / 1e9:.0f} GB/s')
+            f'triton {triton.__version__}; measured copy bandwidth {bw / 1e9:.0f} GB/s; maps '
+            + ('grouped' if args.grouped_maps else 'channels-last' if args.channels_last
+               else 'contiguous'))
     print(head, flush=True)
     rows: List[Dict] = []
     for (name, batch, per, height, width, off_f, off_b, groups, states), dtype, override in jobs:
         triton_scan.CONFIG_OVERRIDE.clear()
         triton_scan.CONFIG_OVERRIDE.update(override or {})
-        t = make(batch, per, height, width, dtype, groups, args.channels_last)
+        t = make(batch, per, height, width, dtype, groups, args.channels_last,
+                 args.grouped_maps and not states)
         dim, length = groups * per, height * width
         dirs = DIRS[:groups]
         C, D = (None, None) if states else (t['C'], t['D'])
@@ -244,10 +267,12 @@ def main() -> None:
             row['fusion_path'] = fusion_path_times(t)
         if args.check and not states:
             with torch.no_grad():
-                want = selective_scan_2d_ref(t['u'], t['delta'], t['A'], t['B'], t['C'], DIRS,
-                                             D=t['D'], delta_bias=t['delta_bias'],
+                f = flat_maps(t)
+                want = selective_scan_2d_ref(f['u'], f['delta'], f['A'], f['B'], f['C'], DIRS,
+                                             D=f['D'], delta_bias=f['delta_bias'],
                                              delta_softplus=True).float()
-            row['fwd_rel_err'] = ((y.float() - want).norm() / want.norm()).item()
+            row['fwd_rel_err'] = ((y.float().reshape(want.shape) - want).norm()
+                                  / want.norm()).item()
         row['fwd_GBps'] = bf / (row['fwd_us'] * 1e-6) / 1e9
         row['bwd_GBps'] = bb / (row['bwd_us'] * 1e-6) / 1e9
         row['fwd_frac'] = row['fwd_GBps'] * 1e9 / bw

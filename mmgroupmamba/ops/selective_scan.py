@@ -25,17 +25,23 @@ BACKENDS = ('reference', 'triton')
 
 
 def _check_map_args(u, delta, A, B, C, D, z, delta_bias, directions, check_finite):
-    """Validate the 2D op's arguments (logical shapes, channels-first view).
+    """Validate the 2D op's arguments (logical shapes, channels-first view;
+    the maps u, delta, z as (batch, dim, H, W) or grouped (batch, G, dim / G,
+    H, W)).
 
     Raises ValueError/TypeError naming the offending argument and the
     expected form.
     """
-    if not isinstance(u, torch.Tensor) or u.dim() != 4:
-        raise ValueError(f'u: expected a (batch, dim, H, W) tensor, got '
-                         f'{tuple(u.shape) if isinstance(u, torch.Tensor) else type(u).__name__}')
+    if not isinstance(u, torch.Tensor) or u.dim() not in (4, 5):
+        raise ValueError(f'u: expected a (batch, dim, H, W) or (batch, G, dim / G, H, W) tensor, '
+                         f'got {tuple(u.shape) if isinstance(u, torch.Tensor) else type(u).__name__}')
     if u.dtype not in _FLOAT_DTYPES:
         raise TypeError(f'u: expected a floating dtype {_FLOAT_DTYPES}, got {u.dtype}')
-    batch, dim, height, width = u.shape
+    grouped = u.dim() == 5
+    if grouped:
+        batch, dim, height, width = u.shape[0], u.shape[1] * u.shape[2], u.shape[3], u.shape[4]
+    else:
+        batch, dim, height, width = u.shape
     if not isinstance(B, torch.Tensor):
         raise ValueError('B: required, a tensor of shape (batch, G, N, H, W)')
     if C is None and (D is not None or z is not None):
@@ -51,6 +57,12 @@ def _check_map_args(u, delta, A, B, C, D, z, delta_bias, directions, check_finit
         direction_code(d)
     if groups == 0 or dim % groups:
         raise ValueError(f'B: the number of groups G={groups} must divide dim={dim} (u.shape[1])')
+    if grouped and u.shape[1] != groups:
+        raise ValueError(f'u: a grouped map (batch, G, dim / G, H, W) needs G = {groups} (B\'s '
+                         f'groups), got u {tuple(u.shape)}')
+    if grouped and C is None:
+        raise ValueError('u: grouped maps (batch, G, dim / G, H, W) need C (the states mode '
+                         'takes (batch, dim, H, W) maps)')
     expected = {
         'delta': (u.shape, delta),
         'z': (u.shape, z),
@@ -111,7 +123,14 @@ def selective_scan_2d(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor,
 
     Args:
         u, delta, z: (batch, dim, H, W), or (batch, H, W, dim) with
-            ``channels_last=True``. Any strides.
+            ``channels_last=True``. Any strides. Or grouped maps: (batch, G,
+            dim / G, H, W), or (batch, H, W, G, dim / G) with
+            ``channels_last``, whose groups may lie anywhere in memory: with
+            each group's map contiguous (a (G, batch, H, W, dim / G) buffer)
+            every cache line belongs to one scan direction: GroupMamba-T's
+            stage 1 (four groups, four directions) then takes a fifth less
+            time than from one (batch, H, W, dim) buffer
+            (docs/benchmarks.md).
         A: (dim, N). D, delta_bias: (dim,).
         B, C: (batch, G, N, H, W), or (batch, H, W, G, N) with
             ``channels_last=True``; group g drives channels
@@ -126,23 +145,29 @@ def selective_scan_2d(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor,
             first would, without float32 copies (or their memory for the
             backward). Not allowed with ``C=None`` (the states are float32).
     Returns:
-        y in u's layout and ``out_dtype``, or with ``C=None`` the states
+        y in u's shape and layout and ``out_dtype``, or with ``C=None`` the states
         (batch, dim, N, H, W) (``channels_last``: (batch, H, W, dim, N)) in
         float32; with ``return_last_state`` also the final state
         (batch, dim, N) in float32.
     """
     if channels_last:
-        if u.dim() != 4 or B.dim() != 5:
-            raise ValueError('u, B: with channels_last=True expected u (batch, H, W, dim) and '
-                             f'B, C (batch, H, W, G, N), got u {tuple(u.shape)}, B {tuple(B.shape)}')
-        to_first = (lambda t: None if t is None else t.permute(0, 3, 1, 2))
+        if u.dim() not in (4, 5) or B.dim() != 5:
+            raise ValueError('u, B: with channels_last=True expected u (batch, H, W, dim) or '
+                             '(batch, H, W, G, dim / G) and B, C (batch, H, W, G, N), got u '
+                             f'{tuple(u.shape)}, B {tuple(B.shape)}')
+        for name, t in (('delta', delta), ('z', z)):
+            if isinstance(t, torch.Tensor) and t.dim() != u.dim():
+                raise ValueError(f'{name}: expected the shape of u {tuple(u.shape)}, got '
+                                 f'{tuple(t.shape)}')
         to_first_bc = (lambda t: None if t is None else t.permute(0, 3, 4, 1, 2))
+        to_first = (to_first_bc if u.dim() == 5
+                    else (lambda t: None if t is None else t.permute(0, 3, 1, 2)))
         out = selective_scan_2d(to_first(u), to_first(delta), A, to_first_bc(B), to_first_bc(C),
                                 directions, D=D, z=to_first(z), delta_bias=delta_bias,
                                 delta_softplus=delta_softplus,
                                 return_last_state=return_last_state, backend=backend,
                                 check_finite=check_finite, out_dtype=out_dtype)
-        back = ((lambda t: t.permute(0, 2, 3, 1)) if C is not None
+        back = ((lambda t: t.permute(0, 2, 3, 1)) if C is not None and u.dim() == 4
                 else (lambda t: t.permute(0, 3, 4, 1, 2)))
         return (back(out[0]), out[1]) if return_last_state else back(out)
     _check_map_args(u, delta, A, B, C, D, z, delta_bias, directions, check_finite)

@@ -21,7 +21,10 @@ kernels assert is what the host checked of the strides. Because a run never
 leaves its line, the memory offset of step ``r`` of a run
 is ``base + o * s_outer + (i0 + r) * s_inner``: every direction is the same
 code with run-time strides (negated for mirrored directions), no divmod per
-step, no permutation of the tile, no flipped or transposed copies.
+step, no permutation of the tile, no flipped or transposed copies. A
+channel's offset is ``g * s_group + c * s_channel`` (channel c of group g),
+so the maps may also be grouped, (batch, G, dim / G, H, W) with the groups
+anywhere in memory (see :func:`_map_strides`).
 
 Per chunk the recurrence ``h_t = a_t h_{t-1} + b_t`` (``a = exp(delta A)``,
 ``b = delta B u``) runs as
@@ -480,7 +483,7 @@ def _program(dir_bits, dim, per, N, N_DT, BD: tl.constexpr, NP: tl.constexpr):
     dl = dtile * BD + k // NP
     nk = k % NP
     code = (dir_bits >> (2 * (g % 16))) & 3
-    return (g, tl.program_id(1), tl.program_id(2), code, g * per + dl, nk,
+    return (g, tl.program_id(1), tl.program_id(2), code, g * per + dl, dl, nk,
             (dl < per) & (nk < N))
 
 
@@ -491,14 +494,14 @@ def _program(dir_bits, dim, per, N, N_DT, BD: tl.constexpr, NP: tl.constexpr):
 def _fwd_kernel(u_ptr, dt_ptr, z_ptr, y_ptr, A_ptr, D_ptr, bias_ptr, B_ptr, C_ptr,
                 ckpt_ptr, last_ptr, sp_ptr, sh_ptr, dir_bits,
                 dim, per, H, W, N, NCH, NSEG, CPS, N_DT,
-                su0, su1, su2, su3, sd0, sd1, sd2, sd3, sz0, sz1, sz2, sz3,
-                sy0, sy1, syn, sy2, sy3, sb0, sb1, sb2, sb3, sb4, sc0, sc1, sc2, sc3, sc4,
+                su0, sug, su1, su2, su3, sd0, sdg, sd1, sd2, sd3, sz0, szg, sz1, sz2, sz3,
+                sy0, syg, sy1, syn, sy2, sy3, sb0, sb1, sb2, sb3, sb4, sc0, sc1, sc2, sc3, sc4,
                 BD: tl.constexpr, NP: tl.constexpr, R: tl.constexpr, NJ: tl.constexpr,
                 HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
                 SOFTPLUS: tl.constexpr, SUMMARY: tl.constexpr, SAVE_CKPT: tl.constexpr,
                 STATES: tl.constexpr, SA: tl.constexpr,
                 EVEN: tl.constexpr):
-    g, b, seg, code, d, nk, kmask = _program(dir_bits, dim, per, N, N_DT, BD, NP)
+    g, b, seg, code, d, dl, nk, kmask = _program(dir_bits, dim, per, N, N_DT, BD, NP)
     col, rev, n_outer, n_inner, rpl, n_ch = _geom(code, H, W, R, NJ)
     bu, ou, iu = _line(su2, su3, col, rev, n_outer, n_inner)
     bd_, od, id_ = _line(sd2, sd3, col, rev, n_outer, n_inner)
@@ -508,8 +511,8 @@ def _fwd_kernel(u_ptr, dt_ptr, z_ptr, y_ptr, A_ptr, D_ptr, bias_ptr, B_ptr, C_pt
     u_b = u_ptr + b64 * su0
     dt_b = dt_ptr + b64 * sd0
     B_b = B_ptr + b64 * sb0
-    u_ch = d * su1
-    dt_ch = d * sd1
+    u_ch = g * sug + dl * su1
+    dt_ch = g * sdg + dl * sd1
     bc_k = _bc_state(nk, NP)
     b_ch = g * sb1 + bc_k * sb2
     dn = (b * dim + d) * N + nk                                          # [BK]
@@ -568,7 +571,7 @@ def _fwd_kernel(u_ptr, dt_ptr, z_ptr, y_ptr, A_ptr, D_ptr, bias_ptr, B_ptr, C_pt
             p_seg = p_seg * p_chunk
         elif STATES:
             by, oy, iy = _line(sy2, sy3, col, rev, n_outer, n_inner)
-            tl.store(y_ptr + b64 * sy0 + _off(d * sy1 + nk * syn, by, oy, iy, o, ii, SA == 1),
+            tl.store(y_ptr + b64 * sy0 + _off(g * syg + dl * sy1 + nk * syn, by, oy, iy, o, ii, SA == 1),
                      hs, mask=m3)
         else:
             bc, oc, ic = _line(sc3, sc4, col, rev, n_outer, n_inner)
@@ -579,11 +582,11 @@ def _fwd_kernel(u_ptr, dt_ptr, z_ptr, y_ptr, A_ptr, D_ptr, bias_ptr, B_ptr, C_pt
                 y = y + Dv[None, None, :] * u
             if HAS_Z:
                 bz, oz, iz = _line(sz2, sz3, col, rev, n_outer, n_inner)
-                zv = tl.load(z_ptr + b64 * sz0 + _off(d * sz1, bz, oz, iz, o, ii, SA == 1), mask=m3,
-                             other=0.0).to(tl.float32)
+                zv = tl.load(z_ptr + b64 * sz0 + _off(g * szg + dl * sz1, bz, oz, iz, o, ii, SA == 1),
+                             mask=m3, other=0.0).to(tl.float32)
                 y = y * zv * _sigmoid(zv)
             by, oy, iy = _line(sy2, sy3, col, rev, n_outer, n_inner)
-            tl.store(y_ptr + b64 * sy0 + _off(d * sy1, by, oy, iy, o, ii, SA == 1),
+            tl.store(y_ptr + b64 * sy0 + _off(g * syg + dl * sy1, by, oy, iy, o, ii, SA == 1),
                      y.to(y_ptr.dtype.element_ty), mask=m3 & (nk == 0)[None, None, :])
     if SUMMARY:
         soff = _carry(((b * dim + d) * NSEG + seg) * N + nk, SA)
@@ -598,7 +601,7 @@ def _fwd_kernel(u_ptr, dt_ptr, z_ptr, y_ptr, A_ptr, D_ptr, bias_ptr, B_ptr, C_pt
 
 
 @triton.jit
-def _bwd_loads(runs, live, n_outer, n_inner, col, rev, kmask, b64, g, d, nk,
+def _bwd_loads(runs, live, n_outer, n_inner, col, rev, kmask, b64, g, dl, nk,
                u_ptr, dt_ptr, z_ptr, dy_ptr, B_ptr, C_ptr, su, sd, sz, sdy, sb, sc,
                R: tl.constexpr, HAS_Z: tl.constexpr, STATES: tl.constexpr,
                FULL: tl.constexpr, NP: tl.constexpr, SA: tl.constexpr,
@@ -609,23 +612,24 @@ def _bwd_loads(runs, live, n_outer, n_inner, col, rev, kmask, b64, g, d, nk,
     pass) only what the reverse recurrence needs."""
     o, ii, valid = _slots(runs, n_outer, n_inner, R, SA, EVEN)
     m3 = valid[:, :, None] & kmask[None, None, :] & live
-    bd_, od, id_ = _line(sd[2], sd[3], col, rev, n_outer, n_inner)
-    dt = tl.load(dt_ptr + b64 * sd[0] + _off(d * sd[1], bd_, od, id_, o, ii, SA == 1), mask=m3,
+    bd_, od, id_ = _line(sd[3], sd[4], col, rev, n_outer, n_inner)
+    dt = tl.load(dt_ptr + b64 * sd[0] + _off(g * sd[1] + dl * sd[2], bd_, od, id_, o, ii, SA == 1), mask=m3,
                  other=0.0)
-    by, oy, iy = _line(sdy[3], sdy[4], col, rev, n_outer, n_inner)
-    dy = tl.load(dy_ptr + b64 * sdy[0] + _off(d * sdy[1] + nk * sdy[2], by, oy, iy, o, ii, SA == 1),
+    by, oy, iy = _line(sdy[4], sdy[5], col, rev, n_outer, n_inner)
+    dy = tl.load(dy_ptr + b64 * sdy[0] + _off(g * sdy[1] + dl * sdy[2] + nk * sdy[3], by, oy, iy, o,
+                                                   ii, SA == 1),
                  mask=m3, other=0.0)
     # (defined on every path: compiled Triton keeps only names that exist on
     # every path, even for a constexpr condition)
-    u = tl.zeros([valid.shape[0], valid.shape[1], d.shape[0]], dtype=u_ptr.dtype.element_ty)
+    u = tl.zeros([valid.shape[0], valid.shape[1], dl.shape[0]], dtype=u_ptr.dtype.element_ty)
     bc_k = _bc_state(nk, NP)
     m_bc = _bc_mask(valid[:, :, None] & live, m3, NP)
     Bv = tl.zeros([valid.shape[0], valid.shape[1], bc_k.shape[0]], dtype=B_ptr.dtype.element_ty)
     Cv = tl.zeros([valid.shape[0], valid.shape[1], bc_k.shape[0]], dtype=C_ptr.dtype.element_ty)
-    zv = tl.zeros([valid.shape[0], valid.shape[1], d.shape[0]], dtype=z_ptr.dtype.element_ty)
+    zv = tl.zeros([valid.shape[0], valid.shape[1], dl.shape[0]], dtype=z_ptr.dtype.element_ty)
     if FULL:
-        bu, ou, iu = _line(su[2], su[3], col, rev, n_outer, n_inner)
-        u = tl.load(u_ptr + b64 * su[0] + _off(d * su[1], bu, ou, iu, o, ii, SA == 1), mask=m3,
+        bu, ou, iu = _line(su[3], su[4], col, rev, n_outer, n_inner)
+        u = tl.load(u_ptr + b64 * su[0] + _off(g * su[1] + dl * su[2], bu, ou, iu, o, ii, SA == 1), mask=m3,
                     other=0.0)
         bb, ob, ib = _line(sb[3], sb[4], col, rev, n_outer, n_inner)
         Bv = tl.load(B_ptr + b64 * sb[0] + _off(g * sb[1] + bc_k * sb[2], bb, ob, ib, o, ii, False),
@@ -635,8 +639,8 @@ def _bwd_loads(runs, live, n_outer, n_inner, col, rev, kmask, b64, g, d, nk,
         Cv = tl.load(C_ptr + b64 * sc[0] + _off(g * sc[1] + bc_k * sc[2], bc, oc, ic, o, ii, False),
                      mask=m_bc, other=0.0)
     if HAS_Z:
-        bz, oz, iz = _line(sz[2], sz[3], col, rev, n_outer, n_inner)
-        zv = tl.load(z_ptr + b64 * sz[0] + _off(d * sz[1], bz, oz, iz, o, ii, SA == 1), mask=m3,
+        bz, oz, iz = _line(sz[3], sz[4], col, rev, n_outer, n_inner)
+        zv = tl.load(z_ptr + b64 * sz[0] + _off(g * sz[1] + dl * sz[2], bz, oz, iz, o, ii, SA == 1), mask=m3,
                      other=0.0)
     return dt, u, Bv, dy, Cv, zv
 
@@ -652,7 +656,7 @@ def _bwd_kernel(u_ptr, dt_ptr, z_ptr, dy_ptr, A_ptr, D_ptr, bias_ptr, B_ptr, C_p
                 SOFTPLUS: tl.constexpr, SUMMARY: tl.constexpr, HAS_DLAST: tl.constexpr,
                 ATOMIC_BC: tl.constexpr, STATES: tl.constexpr, SA: tl.constexpr,
                 EVEN: tl.constexpr):
-    g, b, seg, code, d, nk, kmask = _program(dir_bits, dim, per, N, N_DT, BD, NP)
+    g, b, seg, code, d, dl, nk, kmask = _program(dir_bits, dim, per, N, N_DT, BD, NP)
     col, rev, n_outer, n_inner, rpl, n_ch = _geom(code, H, W, R, NJ)
     b64 = b.to(tl.int64)
     A = tl.load(A_ptr + d * N + nk, mask=kmask, other=0.0)
@@ -691,7 +695,7 @@ def _bwd_kernel(u_ptr, dt_ptr, z_ptr, dy_ptr, A_ptr, D_ptr, bias_ptr, B_ptr, C_p
     dr = NJ - dq * rpl
     runs = _runs(c_end - 1, rpl, NJ)
     dt_n, u_n, B_n, dy_n, C_n, z_n = _bwd_loads(
-        runs, c_start < c_end, n_outer, n_inner, col, rev, kmask, b64, g, d, nk,
+        runs, c_start < c_end, n_outer, n_inner, col, rev, kmask, b64, g, dl, nk,
         u_ptr, dt_ptr, z_ptr, dy_ptr, B_ptr, C_ptr, su, sd, sz, sdy, sb, sc,
         R, HAS_Z, STATES, not SUMMARY, NP, SA, EVEN)
     # The chunk-start checkpoints are prefetched with the inputs: with one
@@ -707,7 +711,7 @@ def _bwd_kernel(u_ptr, dt_ptr, z_ptr, dy_ptr, A_ptr, D_ptr, bias_ptr, B_ptr, C_p
         dt_r, u_r, B_r, dy_r, C_r, z_r = dt_n, u_n, B_n, dy_n, C_n, z_n
         runs_n = _shift_runs(runs[0], runs[1], dq, dr, rpl, False)
         dt_n, u_n, B_n, dy_n, C_n, z_n = _bwd_loads(
-            runs_n, c - 1 >= c_start, n_outer, n_inner, col, rev, kmask, b64, g, d, nk,
+            runs_n, c - 1 >= c_start, n_outer, n_inner, col, rev, kmask, b64, g, dl, nk,
             u_ptr, dt_ptr, z_ptr, dy_ptr, B_ptr, C_ptr, su, sd, sz, sdy, sb, sc,
             R, HAS_Z, STATES, not SUMMARY, NP, SA, EVEN)
         h0 = h0_n
@@ -746,8 +750,8 @@ def _bwd_kernel(u_ptr, dt_ptr, z_ptr, dy_ptr, A_ptr, D_ptr, bias_ptr, B_ptr, C_p
                 if HAS_D:
                     y0 = y0 + Dv[None, None, :] * u
                 dzv = dy * y0 * zs * (1.0 + zv * (1.0 - zs))
-                bz, oz, iz = _line(sdz[2], sdz[3], col, rev, n_outer, n_inner)
-                tl.store(dz_ptr + b64 * sdz[0] + _off(d * sdz[1], bz, oz, iz, o, ii, SA == 1),
+                bz, oz, iz = _line(sdz[3], sdz[4], col, rev, n_outer, n_inner)
+                tl.store(dz_ptr + b64 * sdz[0] + _off(g * sdz[1] + dl * sdz[2], bz, oz, iz, o, ii, SA == 1),
                          dzv.to(dz_ptr.dtype.element_ty), mask=store_d)
             ta = dhs * (hs - bx)                                         # dh_t a_t h_{t-1}
             dhB = dhs * Bv
@@ -759,11 +763,11 @@ def _bwd_kernel(u_ptr, dt_ptr, z_ptr, dy_ptr, A_ptr, D_ptr, bias_ptr, B_ptr, C_p
             dA_acc += tl.sum(ta * dtv, axis=SA)
             ddt = tl.where(m3, ddt * dsp, 0.0)
             dbias_acc += tl.sum(ddt, axis=SA)
-            bdu, odu, idu = _line(sdu[2], sdu[3], col, rev, n_outer, n_inner)
-            tl.store(du_ptr + b64 * sdu[0] + _off(d * sdu[1], bdu, odu, idu, o, ii, SA == 1),
+            bdu, odu, idu = _line(sdu[3], sdu[4], col, rev, n_outer, n_inner)
+            tl.store(du_ptr + b64 * sdu[0] + _off(g * sdu[1] + dl * sdu[2], bdu, odu, idu, o, ii, SA == 1),
                      du.to(du_ptr.dtype.element_ty), mask=store_d)
-            bdd, odd, idd = _line(sddt[2], sddt[3], col, rev, n_outer, n_inner)
-            tl.store(ddt_ptr + b64 * sddt[0] + _off(d * sddt[1], bdd, odd, idd, o, ii, SA == 1),
+            bdd, odd, idd = _line(sddt[3], sddt[4], col, rev, n_outer, n_inner)
+            tl.store(ddt_ptr + b64 * sddt[0] + _off(g * sddt[1] + dl * sddt[2], bdd, odd, idd, o, ii, SA == 1),
                      ddt.to(ddt_ptr.dtype.element_ty), mask=store_d)
             # dB, dC: reduced over the tile's channels, one value per (step, state)
             mbc = valid[:, :, None] & (nn < N)[None, None, :]
@@ -797,8 +801,28 @@ def _bwd_kernel(u_ptr, dt_ptr, z_ptr, dy_ptr, A_ptr, D_ptr, bias_ptr, B_ptr, C_p
 # --------------------------------------------------------------------------- host side
 
 
-def _strides(t: Optional[torch.Tensor], ndim: int) -> Tuple[int, ...]:
-    return tuple(t.stride()) if t is not None else (0,) * ndim
+def _map_shape(u: torch.Tensor, groups: int) -> Tuple[int, int, int, int]:
+    """(batch, dim, H, W) of a map given as (batch, dim, H, W) or as
+    (batch, G, dim / G, H, W) (see :func:`_map_strides`)."""
+    if u.dim() == 5:
+        return u.shape[0], u.shape[1] * u.shape[2], u.shape[3], u.shape[4]
+    return tuple(u.shape)
+
+
+def _map_strides(t: Optional[torch.Tensor], groups: int, states: bool = False
+                 ) -> Tuple[int, ...]:
+    """Strides (batch, group, channel in group, [state,] H, W) of a map
+    given as (batch, dim, [N,] H, W), whose group stride is dim / G channel
+    strides, or as (batch, G, dim / G, [N,] H, W), whose groups may lie
+    anywhere (e.g. each group's map contiguous: every 128-byte line then
+    belongs to one scan direction). Zeros for an absent map."""
+    if t is None:
+        return (0,) * (6 if states else 5)
+    st = tuple(t.stride())
+    if t.dim() == (5 if states else 4):
+        per = t.shape[1] // groups
+        st = (st[0], per * st[1]) + st[1:]
+    return st
 
 
 def _vec(t: Optional[torch.Tensor], like: torch.Tensor) -> torch.Tensor:
@@ -818,13 +842,13 @@ def _check_item_size(*tensors: Optional[torch.Tensor]) -> None:
                              '>= 2**31 elements; the Triton kernels index items with 32 bits')
 
 
-def _step_axis(cfg: Dict[str, int], *maps: Optional[torch.Tensor]) -> int:
+def _step_axis(cfg: Dict[str, int], per: int, *strides: Tuple[int, ...]) -> int:
     """The tiles' step axis (``SA`` of the kernels, see :func:`_off`): 1,
     tiles [NJ, R, BK] with the steps inside a thread, when every map read or
-    written per channel has channel stride 1 and there is one state (a
-    tile's last axis is then the channels); else 0, tiles [R, NJ, BK]."""
-    ok = cfg['NP'] == 1 and cfg['BD'] > 1 and all(
-        t is None or t.shape[1] == 1 or t.stride(1) == 1 for t in maps)
+    written per channel (``strides``: those of :func:`_map_strides`, of the
+    maps given) has channel stride 1 and there is one state (a tile's last
+    axis is then the channels); else 0, tiles [R, NJ, BK]."""
+    ok = cfg['NP'] == 1 and cfg['BD'] > 1 and all(per == 1 or st[2] == 1 for st in strides)
     return 1 if ok else 0
 
 
@@ -848,7 +872,7 @@ def pack_directions(codes: Sequence[int]) -> int:
 
 def ckpt_shape(u: torch.Tensor, B: torch.Tensor, codes: Sequence[int]) -> Tuple[int, ...]:
     """Shape of the chunk-start state checkpoints the forward saves."""
-    batch, dim, height, width = u.shape
+    batch, dim, height, width = _map_shape(u, B.shape[1])
     cfg = scan_config(batch, dim, B.shape[1], B.shape[2], height, width, codes, u.is_cuda)
     return (batch, dim, cfg['NCH'], B.shape[2])
 
@@ -864,17 +888,18 @@ def selective_scan_2d_fwd_triton(u, delta, A, B, C, codes: List[int], D=None, z=
         the states (batch, dim, N, H, W), contiguous fp32); the last state
         (batch, dim, N) fp32; chunk-start checkpoints (batch, dim, NCH, N) fp32.
     """
-    batch, dim, height, width = u.shape
     groups, n_state = B.shape[1], B.shape[2]
+    batch, dim, height, width = _map_shape(u, groups)
     states = C is None
     cfg = scan_config(batch, dim, groups, n_state, height, width, codes, u.is_cuda,
                       states=states)
     if states:
         y = u.new_empty((batch, dim, n_state, height, width), dtype=torch.float32)
-        y_strides = y.stride()
+        y_strides = _map_strides(y, groups, states=True)
     else:
         y = torch.empty_like(u, dtype=out_dtype)
-        y_strides = (y.stride(0), y.stride(1), 0, y.stride(2), y.stride(3))
+        y_strides = _map_strides(y, groups)
+        y_strides = y_strides[:3] + (0,) + y_strides[3:]
     _check_item_size(u, delta, z, y, B, C)
     last = u.new_empty((batch, dim, n_state), dtype=torch.float32)
     ckpt = u.new_empty((batch, dim, cfg['NCH'], n_state), dtype=torch.float32)
@@ -889,7 +914,8 @@ def selective_scan_2d_fwd_triton(u, delta, A, B, C, codes: List[int], D=None, z=
     common = dict(BD=cfg['BD'], NP=cfg['NP'], R=cfg['R'], NJ=cfg['NJ'], HAS_D=D is not None,
                   HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
                   SOFTPLUS=bool(delta_softplus), num_warps=cfg['num_warps'],
-                  SA=_step_axis(cfg, u, delta, z, y),
+                  SA=_step_axis(cfg, dim // groups, y_strides,
+                                *(_map_strides(t, groups) for t in (u, delta, z) if t is not None)),
                   EVEN=height % cfg['R'] == 0 and width % cfg['R'] == 0)
     with _device_ctx(u):
         for summary in ((True, False) if nseg > 1 else (False,)):
@@ -897,7 +923,8 @@ def selective_scan_2d_fwd_triton(u, delta, A, B, C, codes: List[int], D=None, z=
                 u, delta, zz, y, A32, D32, bias32, B, B if states else C, ckpt, last, summ[0],
                 summ[1], dirs,
                 dim, dim // groups, height, width, n_state, cfg['NCH'], nseg, cfg['CPS'],
-                cfg['N_DT'], *u.stride(), *delta.stride(), *_strides(z, 4), *y_strides,
+                cfg['N_DT'], *_map_strides(u, groups), *_map_strides(delta, groups),
+                *_map_strides(z, groups), *y_strides,
                 *B.stride(), *(B if states else C).stride(), SUMMARY=summary,
                 SAVE_CKPT=not summary, STATES=states, **common)
     return y, last, ckpt
@@ -917,8 +944,8 @@ def selective_scan_2d_bwd_triton(dy, dlast, u, delta, A, B, C, codes: List[int],
         (None for absent optional inputs).
     """
     states = C is None
-    batch, dim, height, width = u.shape
     groups, n_state = B.shape[1], B.shape[2]
+    batch, dim, height, width = _map_shape(u, groups)
     cfg = scan_config(batch, dim, groups, n_state, height, width, codes, u.is_cuda,
                       backward=True, states=states)
     nseg = cfg['NSEG']
@@ -933,8 +960,11 @@ def selective_scan_2d_bwd_triton(dy, dlast, u, delta, A, B, C, codes: List[int],
         dC = None if states else torch.zeros_like(C, dtype=torch.float32)
     else:
         dB, dC = torch.empty_like(B), None if states else torch.empty_like(C)
-    dy_strides = (dy.stride() if states
-                  else (dy.stride(0), dy.stride(1), 0, dy.stride(2), dy.stride(3)))
+    dy_strides = _map_strides(dy, groups, states=states)
+    if not states:
+        dy_strides = dy_strides[:3] + (0,) + dy_strides[3:]
+    st = {k: _map_strides(t, groups) for k, t in
+          (('u', u), ('delta', delta), ('z', z), ('du', du), ('ddt', ddt), ('dz', dz))}
     _check_item_size(dy, u, delta, z, B, C)
     dA_p = u.new_empty((batch * nseg, dim, n_state), dtype=torch.float32)
     dD_p = u.new_empty((batch * nseg, dim), dtype=torch.float32)
@@ -949,7 +979,10 @@ def selective_scan_2d_bwd_triton(dy, dlast, u, delta, A, B, C, codes: List[int],
                   HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
                   SOFTPLUS=bool(delta_softplus), HAS_DLAST=dlast is not None,
                   ATOMIC_BC=atomic, num_warps=cfg['num_warps'],
-                  SA=_step_axis(cfg, u, delta, z, dy, du, ddt, dz),
+                  SA=_step_axis(cfg, dim // groups, dy_strides,
+                                *(st[k] for k, t in (('u', u), ('delta', delta), ('z', z),
+                                                     ('du', du), ('ddt', ddt), ('dz', dz))
+                                  if t is not None)),
                   EVEN=height % cfg['R'] == 0 and width % cfg['R'] == 0)
     with _device_ctx(u):
         for summary in ((True, False) if nseg > 1 else (False,)):
@@ -957,8 +990,8 @@ def selective_scan_2d_bwd_triton(dy, dlast, u, delta, A, B, C, codes: List[int],
                 u, delta, zz, dy, A32, D32, bias32, B, B if states else C, ckpt, dl, summ[0],
                 summ[1], du, ddt, dzz, dB, dB if states else dC, dA_p, dD_p, dbias_p, dirs,
                 dim, dim // groups, height, width, n_state, cfg['NCH'], nseg, cfg['CPS'],
-                cfg['N_DT'], tuple(u.stride()), tuple(delta.stride()), _strides(z, 4),
-                tuple(dy_strides), tuple(du.stride()), tuple(ddt.stride()), _strides(dz, 4),
+                cfg['N_DT'], st['u'], st['delta'], st['z'], dy_strides, st['du'], st['ddt'],
+                st['dz'],
                 tuple(B.stride()), tuple((B if states else C).stride()), tuple(dB.stride()),
                 tuple((dB if states else dC).stride()), SUMMARY=summary, STATES=states,
                 **common)

@@ -17,7 +17,9 @@ def make_inputs(batch: int, dim: int, groups: int, n_state: int, height: int, wi
 
     layout: 'contiguous'; 'channels_last' (u, delta, z channels_last, B/C
     with the state axis innermost); 'strided' (every map a strided slice of a
-    larger buffer, B/C permuted views).
+    larger buffer, B/C permuted views); 'grouped' (u, delta, z grouped maps
+    (batch, G, dim / G, H, W), views of a (G, batch, H, W, dim / G) buffer:
+    each group's map contiguous; B/C as 'channels_last').
     """
     gen = torch.Generator().manual_seed(seed)
 
@@ -27,6 +29,10 @@ def make_inputs(batch: int, dim: int, groups: int, n_state: int, height: int, wi
     def as_map(x):
         if layout == 'channels_last':
             return x.contiguous(memory_format=torch.channels_last)
+        if layout == 'grouped':
+            b, d, h, w = x.shape
+            buf = x.reshape(b, groups, d // groups, h, w).permute(1, 0, 3, 4, 2).contiguous()
+            return buf.permute(1, 0, 4, 2, 3)
         if layout == 'strided':
             big = torch.zeros(x.shape[0], x.shape[1] * 2, x.shape[2], x.shape[3] + 3, dtype=dtype)
             big[:, ::2, :, 1:1 + x.shape[3]] = x
@@ -34,7 +40,7 @@ def make_inputs(batch: int, dim: int, groups: int, n_state: int, height: int, wi
         return x
 
     def as_bc(x):
-        if layout in ('channels_last', 'strided'):
+        if layout in ('channels_last', 'strided', 'grouped'):
             return x.permute(0, 3, 4, 1, 2).contiguous().permute(0, 3, 4, 1, 2)
         return x
 
@@ -81,10 +87,14 @@ def run_scan(inp: Dict[str, Optional[torch.Tensor]], directions: Sequence[str], 
     if reference64:
         ins = {k: None if v is None else v.detach().double().cpu().requires_grad_(True)
                for k, v in inp.items()}
-        y, last = selective_scan_2d_ref(ins['u'], ins['delta'], ins['A'], ins['B'], ins['C'],
-                                        directions, D=ins['D'], z=ins['z'],
+        flat = {k: v.flatten(1, 2) if k in ('u', 'delta', 'z') and v is not None and v.dim() == 5
+                else v for k, v in ins.items()}              # grouped maps
+        y, last = selective_scan_2d_ref(flat['u'], flat['delta'], ins['A'], ins['B'], ins['C'],
+                                        directions, D=ins['D'], z=flat['z'],
                                         delta_bias=ins['delta_bias'], delta_softplus=softplus,
                                         return_last_state=True)
+        if ins['u'].dim() == 5:                                # grouped maps: y like u
+            y = y.reshape(ins['u'].shape)
     else:
         ins = inp
         for v in ins.values():

@@ -169,6 +169,8 @@ def test_flop_count():
     (lambda a: a.update(directions=('lr', 'up')), r'^directions: unknown direction'),
     (lambda a: a.update(directions=('lr',)), r'^directions: expected one direction per group'),
     (lambda a: a.update(u=a['u'][0]), r'^u: expected a \(batch, dim, H, W\)'),
+    (lambda a: a.update(u=a['u'].reshape(1, 1, 4, 2, 3), delta=a['delta'].reshape(1, 1, 4, 2, 3)),
+     r'^u: a grouped map \(batch, G, dim / G, H, W\) needs G = 2'),
 ])
 def test_errors_name_the_argument(mutate, match):
     inp = {k: (v.detach() if v is not None else None) for k, v in make_inputs(1, 4, 2, 2, 2, 3).items()}
@@ -177,6 +179,29 @@ def test_errors_name_the_argument(mutate, match):
     with pytest.raises((ValueError, TypeError), match=match):
         selective_scan_2d(inp['u'], inp['delta'], inp['A'], inp['B'], inp['C'], inp['directions'],
                           D=inp['D'], z=inp['z'], delta_bias=inp['delta_bias'])
+
+
+def test_grouped_maps_reference_and_errors():
+    """Grouped maps (batch, G, dim / G, H, W) through the reference backend:
+    the values and gradients of the (batch, dim, H, W) call, in the grouped
+    shape; the states mode and a channels-last delta of another form are
+    refused by name."""
+    inp = make_inputs(1, 4, 2, 1, 2, 3, layout='grouped', with_z=False, dtype=torch.float64)
+    kw = dict(D=inp['D'], delta_bias=inp['delta_bias'], delta_softplus=True, backend='reference')
+    y = selective_scan_2d(inp['u'], inp['delta'], inp['A'], inp['B'], inp['C'], ('lr', 'bt'), **kw)
+    du, = torch.autograd.grad(y.pow(2).sum(), inp['u'])
+    u4 = inp['u'].detach().flatten(1, 2).requires_grad_(True)
+    y4 = selective_scan_2d(u4, inp['delta'].flatten(1, 2), inp['A'], inp['B'], inp['C'],
+                           ('lr', 'bt'), **kw)
+    du4, = torch.autograd.grad(y4.pow(2).sum(), u4)
+    assert y.shape == inp['u'].shape and torch.allclose(y.flatten(1, 2), y4)
+    assert du.shape == inp['u'].shape and torch.allclose(du.flatten(1, 2), du4)
+    with pytest.raises(ValueError, match=r'^u: grouped maps .* need C'):
+        selective_scan_2d(inp['u'], inp['delta'], inp['A'], inp['B'], None, ('lr', 'bt'))
+    cl = (lambda t: t.permute(0, 3, 4, 1, 2))
+    with pytest.raises(ValueError, match=r'^delta: expected the shape of u \(1, 2, 3, 2, 2\)'):
+        selective_scan_2d(cl(inp['u']), cl(inp['delta']).flatten(3), inp['A'], cl(inp['B']),
+                          cl(inp['C']), ('lr', 'bt'), channels_last=True)
 
 
 def test_backend_errors():

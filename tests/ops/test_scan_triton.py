@@ -104,6 +104,28 @@ def test_layouts(layout, dy_like_y, kernel_device, monkeypatch):
     assert chosen == want                       # (forward, backward)
 
 
+@pytest.mark.parametrize('channels_last', [False, True])
+def test_grouped_maps(channels_last, kernel_device):
+    """Grouped maps (batch, G, dim / G, H, W), each group's map contiguous
+    (a (G, batch, H, W, dim / G) buffer, where every cache line belongs to
+    one direction): forward and every gradient against float64, y and the
+    map gradients in the maps' own shape and layout; the channels-last form
+    (batch, H, W, G, dim / G) gives the same values."""
+    dirs = ('lr', 'tb', 'rl', 'bt')
+    inp = make_inputs(2, 12, 4, 1, 4, 5, layout='grouped', device=kernel_device, seed=5)
+    if not channels_last:
+        _check(inp, dirs, True, dy_like_y=True)
+        return
+    cl = (lambda t: None if t is None else t.permute(0, 3, 4, 1, 2))
+    kw = dict(D=inp['D'], delta_bias=inp['delta_bias'], delta_softplus=True, backend='triton')
+    y = selective_scan_2d(cl(inp['u']), cl(inp['delta']), inp['A'], cl(inp['B']), cl(inp['C']),
+                          dirs, z=cl(inp['z']), channels_last=True, **kw)
+    assert y.shape == (2, 4, 5, 4, 3)
+    want = selective_scan_2d(inp['u'], inp['delta'], inp['A'], inp['B'], inp['C'], dirs,
+                             z=inp['z'], **kw)
+    assert torch.equal(cl(y), want)
+
+
 def test_directions_match_hand_permuted_1d(kernel_device):
     """Each direction of the 2D op == flipping/transposing by hand + 1D op."""
     inp = make_inputs(1, 4, 1, 2, 3, 4, device=kernel_device)
@@ -268,15 +290,19 @@ def test_step_axis():
     loads assert adjacent channel pairs; a wrong assertion would vectorise
     loads of elements apart in memory) only when every map has channel
     stride 1, with one state and tiles of >= 2 channels."""
-    from mmgroupmamba.ops.triton_scan import _step_axis
-    nchw = torch.zeros(2, 8, 5, 6)
-    nhwc = torch.zeros(2, 5, 6, 8).permute(0, 3, 1, 2)
+    from mmgroupmamba.ops.triton_scan import _map_strides, _step_axis
+    nchw = _map_strides(torch.zeros(2, 8, 5, 6), 2)
+    nhwc = _map_strides(torch.zeros(2, 5, 6, 8).permute(0, 3, 1, 2), 2)
+    grouped = _map_strides(torch.zeros(2, 2, 5, 6, 4).permute(1, 0, 4, 2, 3), 2)
+    grouped_cf = _map_strides(torch.zeros(2, 2, 4, 5, 6).transpose(0, 1), 2)
     one = dict(NP=1, BD=4)
-    assert _step_axis(one, nhwc, nhwc, None) == 1
-    assert _step_axis(one, nhwc, nchw) == 0                 # one map channels-first
-    assert _step_axis(one, nhwc[:, :1], nchw[:, :1]) == 1   # one channel: its stride is moot
-    assert _step_axis(dict(one, NP=2), nhwc) == 0           # channel-state pairs
-    assert _step_axis(dict(one, BD=1), nhwc) == 0           # one channel per tile
+    assert _step_axis(one, 4, nhwc, nhwc) == 1
+    assert _step_axis(one, 4, nhwc, nchw) == 0              # one map channels-first
+    assert _step_axis(one, 4, grouped, nhwc) == 1           # each group's map channels-last
+    assert _step_axis(one, 4, grouped, grouped_cf) == 0
+    assert _step_axis(one, 1, nchw) == 1                    # one channel a group: stride moot
+    assert _step_axis(dict(one, NP=2), 4, nhwc) == 0        # channel-state pairs
+    assert _step_axis(dict(one, BD=1), 4, nhwc) == 0        # one channel per tile
 
 
 def test_pack_directions():
