@@ -326,6 +326,20 @@ def _off(ch, base, so, si, o, ii, CH_PAIRS: tl.constexpr):
 
 
 @triton.jit
+def _chan(sg, sc, g, d, dl, GROUPED: tl.constexpr):
+    """Offsets [BK] of a tile's channels (d = g * per + dl) in a map with
+    group stride sg and channel stride sc (see :func:`_map_strides`).
+    Without ``GROUPED`` the host checked sg = per * sc and the offset is
+    d * sc: ungrouped maps then run the kernels from before the group
+    stride, which the H100 ran faster (T stage 3 backward 149 against 161
+    us with the two-term offset everywhere, the SASS differing only in
+    scheduling)."""
+    if GROUPED:
+        return g * sg + dl * sc
+    return d * sc
+
+
+@triton.jit
 def _delta(dt, bias, valid, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
     """(delta after bias/softplus, zero on padding; d delta / d(dt + bias),
     the softplus derivative, or 1)."""
@@ -500,7 +514,7 @@ def _fwd_kernel(u_ptr, dt_ptr, z_ptr, y_ptr, A_ptr, D_ptr, bias_ptr, B_ptr, C_pt
                 HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
                 SOFTPLUS: tl.constexpr, SUMMARY: tl.constexpr, SAVE_CKPT: tl.constexpr,
                 STATES: tl.constexpr, SA: tl.constexpr,
-                EVEN: tl.constexpr):
+                EVEN: tl.constexpr, GROUPED: tl.constexpr):
     g, b, seg, code, d, dl, nk, kmask = _program(dir_bits, dim, per, N, N_DT, BD, NP)
     col, rev, n_outer, n_inner, rpl, n_ch = _geom(code, H, W, R, NJ)
     bu, ou, iu = _line(su2, su3, col, rev, n_outer, n_inner)
@@ -511,8 +525,8 @@ def _fwd_kernel(u_ptr, dt_ptr, z_ptr, y_ptr, A_ptr, D_ptr, bias_ptr, B_ptr, C_pt
     u_b = u_ptr + b64 * su0
     dt_b = dt_ptr + b64 * sd0
     B_b = B_ptr + b64 * sb0
-    u_ch = g * sug + dl * su1
-    dt_ch = g * sdg + dl * sd1
+    u_ch = _chan(sug, su1, g, d, dl, GROUPED)
+    dt_ch = _chan(sdg, sd1, g, d, dl, GROUPED)
     bc_k = _bc_state(nk, NP)
     b_ch = g * sb1 + bc_k * sb2
     dn = (b * dim + d) * N + nk                                          # [BK]
@@ -571,8 +585,8 @@ def _fwd_kernel(u_ptr, dt_ptr, z_ptr, y_ptr, A_ptr, D_ptr, bias_ptr, B_ptr, C_pt
             p_seg = p_seg * p_chunk
         elif STATES:
             by, oy, iy = _line(sy2, sy3, col, rev, n_outer, n_inner)
-            tl.store(y_ptr + b64 * sy0 + _off(g * syg + dl * sy1 + nk * syn, by, oy, iy, o, ii, SA == 1),
-                     hs, mask=m3)
+            off_y = _off(_chan(syg, sy1, g, d, dl, GROUPED) + nk * syn, by, oy, iy, o, ii, SA == 1)
+            tl.store(y_ptr + b64 * sy0 + off_y, hs, mask=m3)
         else:
             bc, oc, ic = _line(sc3, sc4, col, rev, n_outer, n_inner)
             Cv = tl.load(C_ptr + b64 * sc0 + _off(g * sc1 + bc_k * sc2, bc, oc, ic, o, ii, False),
@@ -582,12 +596,13 @@ def _fwd_kernel(u_ptr, dt_ptr, z_ptr, y_ptr, A_ptr, D_ptr, bias_ptr, B_ptr, C_pt
                 y = y + Dv[None, None, :] * u
             if HAS_Z:
                 bz, oz, iz = _line(sz2, sz3, col, rev, n_outer, n_inner)
-                zv = tl.load(z_ptr + b64 * sz0 + _off(g * szg + dl * sz1, bz, oz, iz, o, ii, SA == 1),
-                             mask=m3, other=0.0).to(tl.float32)
+                off_z = _off(_chan(szg, sz1, g, d, dl, GROUPED), bz, oz, iz, o, ii, SA == 1)
+                zv = tl.load(z_ptr + b64 * sz0 + off_z, mask=m3, other=0.0).to(tl.float32)
                 y = y * zv * _sigmoid(zv)
             by, oy, iy = _line(sy2, sy3, col, rev, n_outer, n_inner)
-            tl.store(y_ptr + b64 * sy0 + _off(g * syg + dl * sy1, by, oy, iy, o, ii, SA == 1),
-                     y.to(y_ptr.dtype.element_ty), mask=m3 & (nk == 0)[None, None, :])
+            off_y = _off(_chan(syg, sy1, g, d, dl, GROUPED), by, oy, iy, o, ii, SA == 1)
+            tl.store(y_ptr + b64 * sy0 + off_y, y.to(y_ptr.dtype.element_ty),
+                     mask=m3 & (nk == 0)[None, None, :])
     if SUMMARY:
         soff = _carry(((b * dim + d) * NSEG + seg) * N + nk, SA)
         tl.store(sp_ptr + soff, p_seg, mask=_carry(kmask, SA))
@@ -601,11 +616,11 @@ def _fwd_kernel(u_ptr, dt_ptr, z_ptr, y_ptr, A_ptr, D_ptr, bias_ptr, B_ptr, C_pt
 
 
 @triton.jit
-def _bwd_loads(runs, live, n_outer, n_inner, col, rev, kmask, b64, g, dl, nk,
+def _bwd_loads(runs, live, n_outer, n_inner, col, rev, kmask, b64, g, d, dl, nk,
                u_ptr, dt_ptr, z_ptr, dy_ptr, B_ptr, C_ptr, su, sd, sz, sdy, sb, sc,
                R: tl.constexpr, HAS_Z: tl.constexpr, STATES: tl.constexpr,
                FULL: tl.constexpr, NP: tl.constexpr, SA: tl.constexpr,
-               EVEN: tl.constexpr):
+               EVEN: tl.constexpr, GROUPED: tl.constexpr):
     """Raw [NJ, R, BK] tiles of a chunk's runs (see :func:`_runs`) for the
     backward (all-masked unless live): delta, u, B, dy (or the states'
     gradient: its state stride is 0 for y), C, z. Without FULL (the summary
@@ -613,11 +628,11 @@ def _bwd_loads(runs, live, n_outer, n_inner, col, rev, kmask, b64, g, dl, nk,
     o, ii, valid = _slots(runs, n_outer, n_inner, R, SA, EVEN)
     m3 = valid[:, :, None] & kmask[None, None, :] & live
     bd_, od, id_ = _line(sd[3], sd[4], col, rev, n_outer, n_inner)
-    dt = tl.load(dt_ptr + b64 * sd[0] + _off(g * sd[1] + dl * sd[2], bd_, od, id_, o, ii, SA == 1), mask=m3,
-                 other=0.0)
+    dt = tl.load(dt_ptr + b64 * sd[0] + _off(_chan(sd[1], sd[2], g, d, dl, GROUPED), bd_, od, id_,
+                                             o, ii, SA == 1), mask=m3, other=0.0)
     by, oy, iy = _line(sdy[4], sdy[5], col, rev, n_outer, n_inner)
-    dy = tl.load(dy_ptr + b64 * sdy[0] + _off(g * sdy[1] + dl * sdy[2] + nk * sdy[3], by, oy, iy, o,
-                                                   ii, SA == 1),
+    dy = tl.load(dy_ptr + b64 * sdy[0] + _off(_chan(sdy[1], sdy[2], g, d, dl, GROUPED)
+                                              + nk * sdy[3], by, oy, iy, o, ii, SA == 1),
                  mask=m3, other=0.0)
     # (defined on every path: compiled Triton keeps only names that exist on
     # every path, even for a constexpr condition)
@@ -629,8 +644,8 @@ def _bwd_loads(runs, live, n_outer, n_inner, col, rev, kmask, b64, g, dl, nk,
     zv = tl.zeros([valid.shape[0], valid.shape[1], dl.shape[0]], dtype=z_ptr.dtype.element_ty)
     if FULL:
         bu, ou, iu = _line(su[3], su[4], col, rev, n_outer, n_inner)
-        u = tl.load(u_ptr + b64 * su[0] + _off(g * su[1] + dl * su[2], bu, ou, iu, o, ii, SA == 1), mask=m3,
-                    other=0.0)
+        u = tl.load(u_ptr + b64 * su[0] + _off(_chan(su[1], su[2], g, d, dl, GROUPED), bu, ou, iu,
+                                               o, ii, SA == 1), mask=m3, other=0.0)
         bb, ob, ib = _line(sb[3], sb[4], col, rev, n_outer, n_inner)
         Bv = tl.load(B_ptr + b64 * sb[0] + _off(g * sb[1] + bc_k * sb[2], bb, ob, ib, o, ii, False),
                      mask=m_bc, other=0.0)
@@ -640,8 +655,8 @@ def _bwd_loads(runs, live, n_outer, n_inner, col, rev, kmask, b64, g, dl, nk,
                      mask=m_bc, other=0.0)
     if HAS_Z:
         bz, oz, iz = _line(sz[3], sz[4], col, rev, n_outer, n_inner)
-        zv = tl.load(z_ptr + b64 * sz[0] + _off(g * sz[1] + dl * sz[2], bz, oz, iz, o, ii, SA == 1), mask=m3,
-                     other=0.0)
+        zv = tl.load(z_ptr + b64 * sz[0] + _off(_chan(sz[1], sz[2], g, d, dl, GROUPED), bz, oz, iz,
+                                                o, ii, SA == 1), mask=m3, other=0.0)
     return dt, u, Bv, dy, Cv, zv
 
 
@@ -655,7 +670,7 @@ def _bwd_kernel(u_ptr, dt_ptr, z_ptr, dy_ptr, A_ptr, D_ptr, bias_ptr, B_ptr, C_p
                 HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
                 SOFTPLUS: tl.constexpr, SUMMARY: tl.constexpr, HAS_DLAST: tl.constexpr,
                 ATOMIC_BC: tl.constexpr, STATES: tl.constexpr, SA: tl.constexpr,
-                EVEN: tl.constexpr):
+                EVEN: tl.constexpr, GROUPED: tl.constexpr):
     g, b, seg, code, d, dl, nk, kmask = _program(dir_bits, dim, per, N, N_DT, BD, NP)
     col, rev, n_outer, n_inner, rpl, n_ch = _geom(code, H, W, R, NJ)
     b64 = b.to(tl.int64)
@@ -695,9 +710,9 @@ def _bwd_kernel(u_ptr, dt_ptr, z_ptr, dy_ptr, A_ptr, D_ptr, bias_ptr, B_ptr, C_p
     dr = NJ - dq * rpl
     runs = _runs(c_end - 1, rpl, NJ)
     dt_n, u_n, B_n, dy_n, C_n, z_n = _bwd_loads(
-        runs, c_start < c_end, n_outer, n_inner, col, rev, kmask, b64, g, dl, nk,
+        runs, c_start < c_end, n_outer, n_inner, col, rev, kmask, b64, g, d, dl, nk,
         u_ptr, dt_ptr, z_ptr, dy_ptr, B_ptr, C_ptr, su, sd, sz, sdy, sb, sc,
-        R, HAS_Z, STATES, not SUMMARY, NP, SA, EVEN)
+        R, HAS_Z, STATES, not SUMMARY, NP, SA, EVEN, GROUPED)
     # The chunk-start checkpoints are prefetched with the inputs: with one
     # run per chunk (14x14 maps) their load latency was exposed every chunk.
     ck = _carry((b * dim + d) * NCH * N + nk, SA)
@@ -711,9 +726,9 @@ def _bwd_kernel(u_ptr, dt_ptr, z_ptr, dy_ptr, A_ptr, D_ptr, bias_ptr, B_ptr, C_p
         dt_r, u_r, B_r, dy_r, C_r, z_r = dt_n, u_n, B_n, dy_n, C_n, z_n
         runs_n = _shift_runs(runs[0], runs[1], dq, dr, rpl, False)
         dt_n, u_n, B_n, dy_n, C_n, z_n = _bwd_loads(
-            runs_n, c - 1 >= c_start, n_outer, n_inner, col, rev, kmask, b64, g, dl, nk,
+            runs_n, c - 1 >= c_start, n_outer, n_inner, col, rev, kmask, b64, g, d, dl, nk,
             u_ptr, dt_ptr, z_ptr, dy_ptr, B_ptr, C_ptr, su, sd, sz, sdy, sb, sc,
-            R, HAS_Z, STATES, not SUMMARY, NP, SA, EVEN)
+            R, HAS_Z, STATES, not SUMMARY, NP, SA, EVEN, GROUPED)
         h0 = h0_n
         if not SUMMARY:
             h0_n = tl.load(ckpt_ptr + ck + (c - 1) * N, mask=ck_mask & (c - 1 >= c_start),
@@ -751,8 +766,9 @@ def _bwd_kernel(u_ptr, dt_ptr, z_ptr, dy_ptr, A_ptr, D_ptr, bias_ptr, B_ptr, C_p
                     y0 = y0 + Dv[None, None, :] * u
                 dzv = dy * y0 * zs * (1.0 + zv * (1.0 - zs))
                 bz, oz, iz = _line(sdz[3], sdz[4], col, rev, n_outer, n_inner)
-                tl.store(dz_ptr + b64 * sdz[0] + _off(g * sdz[1] + dl * sdz[2], bz, oz, iz, o, ii, SA == 1),
-                         dzv.to(dz_ptr.dtype.element_ty), mask=store_d)
+                off_dz = _off(_chan(sdz[1], sdz[2], g, d, dl, GROUPED), bz, oz, iz, o, ii, SA == 1)
+                tl.store(dz_ptr + b64 * sdz[0] + off_dz, dzv.to(dz_ptr.dtype.element_ty),
+                         mask=store_d)
             ta = dhs * (hs - bx)                                         # dh_t a_t h_{t-1}
             dhB = dhs * Bv
             ddt = _sum_states(dhB * u + ta * A[None, None, :], BD, NP)
@@ -764,11 +780,13 @@ def _bwd_kernel(u_ptr, dt_ptr, z_ptr, dy_ptr, A_ptr, D_ptr, bias_ptr, B_ptr, C_p
             ddt = tl.where(m3, ddt * dsp, 0.0)
             dbias_acc += tl.sum(ddt, axis=SA)
             bdu, odu, idu = _line(sdu[3], sdu[4], col, rev, n_outer, n_inner)
-            tl.store(du_ptr + b64 * sdu[0] + _off(g * sdu[1] + dl * sdu[2], bdu, odu, idu, o, ii, SA == 1),
-                     du.to(du_ptr.dtype.element_ty), mask=store_d)
+            off_du = _off(_chan(sdu[1], sdu[2], g, d, dl, GROUPED), bdu, odu, idu, o, ii, SA == 1)
+            tl.store(du_ptr + b64 * sdu[0] + off_du, du.to(du_ptr.dtype.element_ty), mask=store_d)
             bdd, odd, idd = _line(sddt[3], sddt[4], col, rev, n_outer, n_inner)
-            tl.store(ddt_ptr + b64 * sddt[0] + _off(g * sddt[1] + dl * sddt[2], bdd, odd, idd, o, ii, SA == 1),
-                     ddt.to(ddt_ptr.dtype.element_ty), mask=store_d)
+            off_ddt = _off(_chan(sddt[1], sddt[2], g, d, dl, GROUPED), bdd, odd, idd, o, ii,
+                           SA == 1)
+            tl.store(ddt_ptr + b64 * sddt[0] + off_ddt, ddt.to(ddt_ptr.dtype.element_ty),
+                     mask=store_d)
             # dB, dC: reduced over the tile's channels, one value per (step, state)
             mbc = valid[:, :, None] & (nn < N)[None, None, :]
             bdb, odb, idb = _line(sdb[3], sdb[4], col, rev, n_outer, n_inner)
@@ -852,6 +870,12 @@ def _step_axis(cfg: Dict[str, int], per: int, *strides: Tuple[int, ...]) -> int:
     return 1 if ok else 0
 
 
+def _grouped(per: int, *strides: Tuple[int, ...]) -> bool:
+    """Whether some map's group stride is not ``per`` channel strides (a
+    grouped map, see :func:`_map_strides`): the kernels' ``GROUPED``."""
+    return any(st[1] != per * st[2] for st in strides)
+
+
 def pack_directions(codes: Sequence[int]) -> int:
     """Direction codes as one int32 kernel argument, 2 bits per group.
 
@@ -911,11 +935,11 @@ def selective_scan_2d_fwd_triton(u, delta, A, B, C, codes: List[int], D=None, z=
             else (last, last))
     grid = (groups * cfg['N_DT'], batch, nseg)
     zz = z if z is not None else u
+    maps = [y_strides] + [_map_strides(t, groups) for t in (u, delta, z) if t is not None]
     common = dict(BD=cfg['BD'], NP=cfg['NP'], R=cfg['R'], NJ=cfg['NJ'], HAS_D=D is not None,
                   HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
                   SOFTPLUS=bool(delta_softplus), num_warps=cfg['num_warps'],
-                  SA=_step_axis(cfg, dim // groups, y_strides,
-                                *(_map_strides(t, groups) for t in (u, delta, z) if t is not None)),
+                  SA=_step_axis(cfg, dim // groups, *maps), GROUPED=_grouped(dim // groups, *maps),
                   EVEN=height % cfg['R'] == 0 and width % cfg['R'] == 0)
     with _device_ctx(u):
         for summary in ((True, False) if nseg > 1 else (False,)):
@@ -965,6 +989,8 @@ def selective_scan_2d_bwd_triton(dy, dlast, u, delta, A, B, C, codes: List[int],
         dy_strides = dy_strides[:3] + (0,) + dy_strides[3:]
     st = {k: _map_strides(t, groups) for k, t in
           (('u', u), ('delta', delta), ('z', z), ('du', du), ('ddt', ddt), ('dz', dz))}
+    maps = [dy_strides] + [st[k] for k, t in (('u', u), ('delta', delta), ('z', z), ('du', du),
+                                              ('ddt', ddt), ('dz', dz)) if t is not None]
     _check_item_size(dy, u, delta, z, B, C)
     dA_p = u.new_empty((batch * nseg, dim, n_state), dtype=torch.float32)
     dD_p = u.new_empty((batch * nseg, dim), dtype=torch.float32)
@@ -979,10 +1005,7 @@ def selective_scan_2d_bwd_triton(dy, dlast, u, delta, A, B, C, codes: List[int],
                   HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
                   SOFTPLUS=bool(delta_softplus), HAS_DLAST=dlast is not None,
                   ATOMIC_BC=atomic, num_warps=cfg['num_warps'],
-                  SA=_step_axis(cfg, dim // groups, dy_strides,
-                                *(st[k] for k, t in (('u', u), ('delta', delta), ('z', z),
-                                                     ('du', du), ('ddt', ddt), ('dz', dz))
-                                  if t is not None)),
+                  SA=_step_axis(cfg, dim // groups, *maps), GROUPED=_grouped(dim // groups, *maps),
                   EVEN=height % cfg['R'] == 0 and width % cfg['R'] == 0)
     with _device_ctx(u):
         for summary in ((True, False) if nseg > 1 else (False,)):
