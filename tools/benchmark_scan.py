@@ -193,8 +193,9 @@ def main() -> None:
     parser.add_argument('--warm-parallel', action='store_true',
                         help='first compile every case in parallel subprocesses')
     parser.add_argument('--configs', default=None,
-                        help="tile configs to sweep, 'BD,R,NJ,warps[,bwd warps[,CPS]];...' "
-                             '(default: the heuristic)')
+                        help="tile configs to sweep, 'BD,R,NJ,warps[,bwd warps[,CPS]];...' or "
+                             "'KEY=VAL,...;...' with triton_scan.CONFIG_OVERRIDE's keys (e.g. "
+                             "'CPS=4;CPS=8') (default: the heuristic)")
     parser.add_argument('--fp32-only', action='store_true')
     parser.add_argument('--channels-last', action='store_true',
                         help='channels-last maps (permuted views), the GroupMamba layer\'s layout')
@@ -212,8 +213,9 @@ def main() -> None:
 
     cases = CASES if args.cases is None else [CASES[int(i)] for i in args.cases.split(',')]
     configs = [None] if args.configs is None else [
-        dict(zip(('BD', 'R', 'NJ', 'num_warps', 'num_warps_bwd', 'CPS'),
-                 map(int, c.split(',')))) for c in args.configs.split(';')]
+        {k: int(v) for k, v in (kv.split('=') for kv in c.split(','))} if '=' in c
+        else dict(zip(('BD', 'R', 'NJ', 'num_warps', 'num_warps_bwd', 'CPS'),
+                      map(int, c.split(',')))) for c in args.configs.split(';')]
     jobs = [(c, dt, cfg) for c in cases
             for dt in ((torch.float32,) if args.fp32_only else (torch.float32, torch.bfloat16))
             for cfg in configs]
@@ -260,7 +262,7 @@ def main() -> None:
                             BD_bwd=cfg_b['BD'], num_warps_bwd=cfg_b['num_warps']),
                    fwd_us=bench_device(fwd), bwd_us=bench_device(bwd),
                    fwd_us_with_launch=bench(fwd), bwd_us_with_launch=bench(bwd),
-                   official_fwd_us=off_f, official_bwd_us=off_b)
+                   official_fwd_us=off_f, official_bwd_us=off_b, override=override)
         s = 4 if dtype == torch.float32 else 2
         bf, bb = bytes_moved(batch, dim, length, s, groups, states=states)
         if states:
