@@ -1,0 +1,190 @@
+"""Compile the scan kernels for an H100 (sm_90) without a GPU and count their
+SASS: registers, stack (spills), instructions in all and in the chunk loop,
+and optionally the loop's instructions per source line.
+
+The kernels are compiled as ``tools/benchmark_scan.py`` launches them (the
+same heuristic tiles, strides and flags; B and C in their own channels-last
+buffers): the host functions run on CPU tensors of the case's shape while a
+stand-in Triton driver reports an sm_90 target and the launches are turned
+into compiles. The counts match the kernels Triton builds on the H100 when the
+Triton versions agree (the benchmarks used triton 3.6: install that one to
+compare, e.g. ``pip install triton==3.6.0`` beside a CPU torch).
+
+Usage:
+    python tools/scan_sass.py 16,56,56                  # GroupMamba-T stage 1, both passes
+    python tools/scan_sass.py 87,14,14 --pass bwd --lines 25
+    python tools/scan_sass.py 24,56,56 --dtype bfloat16 --set BD=8 --dump /tmp/sass
+CASE is ``per,H,W`` (channels per group of 4 groups, map size).
+"""
+import argparse
+import os
+import re
+import subprocess
+import sys
+import types
+from collections import Counter, defaultdict
+from typing import Dict, List, Tuple
+
+import torch
+import triton
+from triton.backends.compiler import GPUTarget
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+BIN = os.path.join(os.path.dirname(triton.__file__), 'backends', 'nvidia', 'bin')
+_INSTR = re.compile(r'\s+/\*[0-9a-f]{4}\*/\s+(@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)')
+
+
+class _Sm90Driver:
+    """The parts of Triton's driver a compile asks for: an sm_90 target."""
+
+    def get_current_device(self):
+        return 0
+
+    def get_current_stream(self, device=None):
+        return 0
+
+    def get_current_target(self):
+        return GPUTarget('cuda', 90, 32)
+
+    def get_active_torch_device(self):
+        return torch.device('cpu')
+
+
+class _CompileOnly:
+    """Stands in for a kernel: ``k[grid](...)`` compiles (no launch) and
+    keeps the main pass's kernel (not the split path's summary pass)."""
+
+    def __init__(self, kernel, name: str, out: Dict):
+        self.kernel, self.name, self.out = kernel, name, out
+
+    def __getitem__(self, grid):
+        def launch(*args, **kwargs):
+            if not kwargs.get('SUMMARY', False):
+                self.out[self.name] = (self.kernel.run(*args, grid=grid, warmup=True, **kwargs),
+                                       kwargs)
+        return launch
+
+
+def compile_case(per: int, height: int, width: int, batch: int, which: str, grouped: bool,
+                 dtype: torch.dtype, override: Dict[str, int]) -> Dict:
+    triton.runtime.driver.set_active(_Sm90Driver())
+    torch.cuda.get_device_properties = lambda *a: types.SimpleNamespace(
+        multi_processor_count=132)
+    torch.cuda.current_device = lambda: 0
+    from mmgroupmamba.ops import triton_scan as ts
+    config = ts.scan_config
+    # the heuristic's GPU branch for CPU tensors
+    ts.scan_config = (lambda b, d, g, n, h, w, codes, on_gpu, *a, **k:
+                      config(b, d, g, n, h, w, codes, True, *a, **k))
+    out: Dict = {}
+    ts._fwd_kernel = _CompileOnly(ts._fwd_kernel, 'fwd', out)
+    ts._bwd_kernel = _CompileOnly(ts._bwd_kernel, 'bwd', out)
+    ts.CONFIG_OVERRIDE.update(override)
+    groups = 4
+
+    def a_map():
+        if grouped:
+            buf = torch.empty(groups, batch, height, width, per, dtype=dtype)
+            return buf.permute(1, 0, 4, 2, 3)
+        return torch.empty(batch, height, width, groups * per, dtype=dtype).permute(0, 3, 1, 2)
+
+    def a_bc():
+        return torch.empty(batch, height, width, groups, 1, dtype=dtype).permute(0, 3, 4, 1, 2)
+    u, delta, dy, B, C = a_map(), a_map(), a_map(), a_bc(), a_bc()
+    A, D, bias = (torch.empty(groups * per, 1), torch.empty(groups * per),
+                  torch.empty(groups * per))
+    kw = dict(D=D, delta_bias=bias, delta_softplus=True)
+    dirs = [0, 1, 2, 3]
+    if which in ('fwd', 'both'):
+        ts.selective_scan_2d_fwd_triton(u, delta, A, B, C, dirs, **kw)
+    if which in ('bwd', 'both'):
+        ckpt = torch.empty(ts.ckpt_shape(u, B, dirs))
+        ts.selective_scan_2d_bwd_triton(dy, None, u, delta, A, B, C, dirs, ckpt, **kw)
+    return out
+
+
+def loop_body(sass: str) -> List[str]:
+    """The SASS lines of the longest backward branch's body (the chunk loop),
+    with the source-line markers of ``nvdisasm -g``."""
+    lines = sass.splitlines()
+    labels = {m.group(1): i for i, l in enumerate(lines)
+              if (m := re.match(r'\.(L_x_\d+):', l))}
+    span: Tuple[int, int] = (0, 0)
+    for i, l in enumerate(lines):
+        m = re.search(r'BRA\s+(?:`\()?\.?(L_x_\d+)', l)
+        if m and m.group(1) in labels and labels[m.group(1)] < i \
+                and i - labels[m.group(1)] > span[1] - span[0]:
+            span = (labels[m.group(1)], i + 1)
+    return lines[span[0]:span[1]]
+
+
+def line_profile(body: List[str], top: int) -> None:
+    """Instructions per source line of the loop, most first, with opcodes."""
+    cur, count, ops = '?', Counter(), defaultdict(Counter)
+    for l in body:
+        m = re.search(r'## File "([^"]+)", line (\d+)', l)
+        if m:
+            cur = f'{m.group(1)}:{m.group(2)}'
+            continue
+        m = _INSTR.match(l)
+        if m:
+            count[cur] += 1
+            ops[cur][m.group(2).split('.')[0]] += 1
+    for key, n in count.most_common(top):
+        path, line = key.rsplit(':', 1)
+        try:
+            with open(path) as f:
+                text = f.read().splitlines()[int(line) - 1].strip()[:60]
+        except (OSError, IndexError, ValueError):
+            text = ''
+        print(f'  {n:5d} {os.path.basename(path)}:{line:5s} {text:60s} '
+              f'{dict(ops[key].most_common(4))}')
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('case', help='per,H,W (channels per group, map size)')
+    parser.add_argument('--batch', type=int, default=128)
+    parser.add_argument('--pass', dest='which', choices=('fwd', 'bwd', 'both'), default='both')
+    parser.add_argument('--grouped-maps', action='store_true',
+                        help='u, delta, dy as grouped maps (as benchmark_scan --grouped-maps)')
+    parser.add_argument('--dtype', choices=('float32', 'bfloat16', 'float16'), default='float32')
+    parser.add_argument('--set', nargs='*', default=[], metavar='KEY=VAL',
+                        help="triton_scan.CONFIG_OVERRIDE entries, e.g. BD=8 num_warps_bwd=2")
+    parser.add_argument('--lines', type=int, default=0,
+                        help='print the loop\'s N source lines with the most instructions')
+    parser.add_argument('--dump', default=None, help='write each kernel\'s SASS to DIR/NAME.sass')
+    args = parser.parse_args()
+    per, height, width = (int(v) for v in args.case.split(','))
+    override = {k: int(v) for k, v in (s.split('=') for s in args.set)}
+    kernels = compile_case(per, height, width, args.batch, args.which, args.grouped_maps,
+                           getattr(torch, args.dtype), override)
+    print(f'triton {triton.__version__}, sm_90, case {args.case} batch {args.batch} '
+          f'{args.dtype}' + (' grouped maps' if args.grouped_maps else ''))
+    for name, (kernel, kw) in kernels.items():
+        path = os.path.join(args.dump or '/tmp', f'scan_{name}.cubin')
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, 'wb') as f:
+            f.write(kernel.asm['cubin'])
+        res = subprocess.run([os.path.join(BIN, 'cuobjdump'), '-res-usage', path],
+                             capture_output=True, text=True, check=True).stdout
+        sass = subprocess.run([os.path.join(BIN, 'nvdisasm'), '-c', '-g', path],
+                              capture_output=True, text=True, check=True).stdout
+        body = loop_body(sass)
+        n_all = sum(1 for l in sass.splitlines() if _INSTR.match(l))
+        n_loop = sum(1 for l in body if _INSTR.match(l))
+        flags = {k: kw[k] for k in ('BD', 'R', 'NJ', 'num_warps', 'SA', 'EVEN', 'GROUPED')}
+        regs = re.search(r'REG:(\d+)', res).group(1)
+        stack = re.search(r'STACK:(\d+)', res).group(1)
+        print(f'{name}: registers {regs}, stack {stack} B, instructions {n_all}, '
+              f'chunk loop {n_loop}; {flags}')
+        if args.lines:
+            line_profile(body, args.lines)
+        if args.dump:
+            with open(os.path.join(args.dump, f'{name}.sass'), 'w') as f:
+                f.write(sass)
+
+
+if __name__ == '__main__':
+    main()
