@@ -73,9 +73,10 @@ tile in registers and stored directly when one tile holds the whole group
 dA/dD/d(delta_bias) are accumulated per program and summed on the host
 (deterministic).
 
-Interpreter (``TRITON_INTERPRET=1``): no libdevice (softplus takes
-``tl.log`` where compiled kernels take the hardware log2), bf16 only loaded
-and cast, and a fixed small config (no autotuning) so CI stays fast.
+Interpreter (``TRITON_INTERPRET=1``): no libdevice (``tl.log``, ``tl.exp``
+and ``/`` where compiled kernels take the hardware's approximate log2, exp2
+and division, see :func:`_exp`), bf16 only loaded and cast, and a fixed
+small config (no autotuning) so CI stays fast.
 
 States mode (``STATES``, Spatial-Mamba): without C the forward stores the
 hidden states (fp32, a (batch, dim, N, H, W) tensor) instead of reducing them
