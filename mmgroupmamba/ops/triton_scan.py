@@ -562,6 +562,9 @@ def _fwd_kernel(u_ptr, dt_ptr, z_ptr, y_ptr, A_ptr, D_ptr, bias_ptr, B_ptr, C_pt
     dt_ch = _chan(sdg, sd1, g, d, dl, GROUPED)
     bc_k = _bc_state(nk, NP)
     b_ch = g * sb1 + bc_k * sb2
+    bc, oc, ic = _line(sc3, sc4, col, rev, n_outer, n_inner)
+    C_b = C_ptr + b64 * sc0
+    c_ch = g * sc1 + bc_k * sc2
     dn = (b * dim + d) * N + nk                                          # [BK]
     A = tl.load(A_ptr + d * N + nk, mask=kmask, other=0.0)
     # (defined on every path: the compiler needs them in scope in the loop)
@@ -593,10 +596,17 @@ def _fwd_kernel(u_ptr, dt_ptr, z_ptr, y_ptr, A_ptr, D_ptr, bias_ptr, B_ptr, C_pt
     dt_n = tl.load(dt_b + _off(dt_ch, bd_, od, id_, o, ii, SA == 1), mask=m3, other=0.0)
     B_n = tl.load(B_b + _off(b_ch, bb, ob, ib, o, ii, False),
                   mask=_bc_mask(valid[:, :, None] & (c_start < c_end), m3, NP), other=0.0)
+    # C too (not in the states mode, which has none): loaded in its own
+    # iteration, its latency was exposed before the y stores (ncu).
+    C_n = tl.zeros(B_n.shape, B_n.dtype)
+    if not (STATES or SUMMARY):
+        C_n = tl.load(C_b + _off(c_ch, bc, oc, ic, o, ii, False),
+                      mask=_bc_mask(valid[:, :, None] & (c_start < c_end), m3, NP), other=0.0)
     for c in range(c_start, c_end):
         u = u_n.to(tl.float32)
         dt_raw = dt_n.to(tl.float32)
         Bv = B_n.to(tl.float32)
+        Cv = C_n.to(tl.float32)
         runs_n = _shift_runs(runs[0], runs[1], dq, dr, rpl, True)
         o, ii, valid = _slots(runs_n, n_outer, n_inner, R, SA, EVEN)
         m3 = valid[:, :, None] & kmask[None, None, :] & (c + 1 < c_end)
@@ -604,6 +614,9 @@ def _fwd_kernel(u_ptr, dt_ptr, z_ptr, y_ptr, A_ptr, D_ptr, bias_ptr, B_ptr, C_pt
         dt_n = tl.load(dt_b + _off(dt_ch, bd_, od, id_, o, ii, SA == 1), mask=m3, other=0.0)
         B_n = tl.load(B_b + _off(b_ch, bb, ob, ib, o, ii, False),
                       mask=_bc_mask(valid[:, :, None] & (c + 1 < c_end), m3, NP), other=0.0)
+        if not (STATES or SUMMARY):
+            C_n = tl.load(C_b + _off(c_ch, bc, oc, ic, o, ii, False),
+                          mask=_bc_mask(valid[:, :, None] & (c + 1 < c_end), m3, NP), other=0.0)
         o, ii, valid = _slots(runs, n_outer, n_inner, R, SA, EVEN)
         runs = runs_n
         m3 = valid[:, :, None] & kmask[None, None, :]
@@ -621,9 +634,6 @@ def _fwd_kernel(u_ptr, dt_ptr, z_ptr, y_ptr, A_ptr, D_ptr, bias_ptr, B_ptr, C_pt
             off_y = _off(_chan(syg, sy1, g, d, dl, GROUPED) + nk * syn, by, oy, iy, o, ii, SA == 1)
             tl.store(y_ptr + b64 * sy0 + off_y, hs, mask=m3)
         else:
-            bc, oc, ic = _line(sc3, sc4, col, rev, n_outer, n_inner)
-            Cv = tl.load(C_ptr + b64 * sc0 + _off(g * sc1 + bc_k * sc2, bc, oc, ic, o, ii, False),
-                         mask=_bc_mask(valid[:, :, None], m3, NP), other=0.0).to(tl.float32)
             y = _sum_states(hs * Cv, BD, NP)
             if HAS_D:
                 y = y + Dv[None, None, :] * u
