@@ -127,9 +127,11 @@ def test_op_last_state_gradient_reference():
         assert rel_err(a, b) < 1e-10
 
 
-def test_torch_compile_fullgraph_cpu():
-    """The custom op traces without graph breaks (fake kernels, autograd)."""
-    inp = make_inputs(2, 8, 4, 1, 3, 4)
+@pytest.mark.parametrize('layout', ['contiguous', 'grouped'])
+def test_torch_compile_fullgraph_cpu(layout):
+    """The custom op traces without graph breaks (fake kernels, autograd),
+    grouped maps (batch, G, dim / G, H, W) included."""
+    inp = make_inputs(2, 8, 4, 1, 3, 4, layout=layout)
 
     def f(u, delta, A, B, C, D, z, bias):
         y = selective_scan_2d(u, delta, A, B, C, ('lr', 'tb', 'rl', 'bt'), D=D, z=z,

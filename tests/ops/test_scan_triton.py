@@ -305,6 +305,19 @@ def test_step_axis():
     assert _step_axis(dict(one, BD=1), 4, nhwc) == 0        # one channel per tile
 
 
+def test_grouped_flag():
+    """The kernels' GROUPED (a two-term channel offset) only where some map's
+    group stride is not dim / G channel strides; a grouped view of one
+    (batch, H, W, dim) buffer keeps the one-term offset."""
+    from mmgroupmamba.ops.triton_scan import _grouped, _map_strides
+    nhwc = torch.zeros(2, 5, 6, 8).permute(0, 3, 1, 2)
+    per_group = torch.zeros(2, 2, 5, 6, 4).permute(1, 0, 4, 2, 3)    # each group's map contiguous
+    adjacent = nhwc.unflatten(1, (2, 4))                              # (2, 2, 4, 5, 6) view
+    assert not _grouped(4, _map_strides(nhwc, 2), _map_strides(torch.zeros(2, 8, 5, 6), 2))
+    assert not _grouped(4, _map_strides(adjacent, 2))
+    assert _grouped(4, _map_strides(nhwc, 2), _map_strides(per_group, 2))
+
+
 def test_pack_directions():
     """Direction codes travel as one int32 argument, 2 bits per group (a
     device tensor built from a list would synchronise the stream per call)."""
