@@ -35,12 +35,6 @@ from . import triton_scan
 from .reference import selective_scan_2d_ref
 
 
-def _flat(t: Optional[Tensor]) -> Optional[Tensor]:
-    """A grouped map (batch, G, dim / G, H, W) as (batch, dim, H, W) for the
-    reference (a copy unless the groups are adjacent in memory)."""
-    return t.flatten(1, 2) if t is not None and t.dim() == 5 else t
-
-
 def _absent(like: Tensor) -> Tensor:
     """Placeholder for the gradient of an absent optional input."""
     return like.new_empty((0,))
@@ -57,14 +51,13 @@ def selective_scan_2d_fwd(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Opt
     if use_triton and u.numel() > 0:
         return triton_scan.selective_scan_2d_fwd_triton(u, delta, A, B, C, directions, D, z,
                                                         delta_bias, delta_softplus, out_dtype)
-    y, last = selective_scan_2d_ref(_flat(u), _flat(delta), A, B, C, directions, D=D,
-                                    z=_flat(z), delta_bias=delta_bias,
-                                    delta_softplus=delta_softplus, return_last_state=True,
-                                    out_dtype=out_dtype)
+    y, last = selective_scan_2d_ref(u, delta, A, B, C, directions, D=D, z=z,
+                                    delta_bias=delta_bias, delta_softplus=delta_softplus,
+                                    return_last_state=True, out_dtype=out_dtype)
     sdt = _state_dtype(u, use_triton)
     out = (torch.empty_like(u, dtype=out_dtype) if C is not None
            else u.new_empty(y.shape, dtype=sdt))
-    out.copy_(y.view(out.shape))
+    out.copy_(y)
     return out, last.to(sdt), u.new_empty((0,), dtype=torch.float32)
 
 
@@ -106,13 +99,12 @@ def selective_scan_2d_bwd(dy: Tensor, dlast: Optional[Tensor], u: Tensor, delta:
             full = list(ins)
             for i, t in zip(idx, present):
                 full[i] = t
-            return selective_scan_2d_ref(_flat(full[0]), _flat(full[1]), *full[2:5], directions,
-                                         D=full[5], z=_flat(full[6]),
+            return selective_scan_2d_ref(*full[:5], directions, D=full[5], z=full[6],
                                          delta_bias=full[7], delta_softplus=delta_softplus,
                                          return_last_state=True, out_dtype=dy.dtype)
         (y, last), vjp = torch.func.vjp(ref, *[ins[i] for i in idx])
         dl = torch.zeros_like(last) if dlast is None else dlast.to(last.dtype)
-        got = vjp((dy.to(y.dtype).reshape(y.shape), dl))
+        got = vjp((dy.to(y.dtype), dl))
         grads = [None] * len(ins)
         for i, g in zip(idx, got):
             grads[i] = g

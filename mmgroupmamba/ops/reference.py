@@ -171,7 +171,8 @@ def selective_scan_2d_ref(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor,
     """Directional scan of a feature map, by explicit gather/scatter copies.
 
     Args:
-        u, delta, z: (batch, dim, H, W).
+        u, delta, z: (batch, dim, H, W), or grouped (batch, G, dim / G, H,
+            W) (y then takes that shape; with C given).
         A: (dim, N); D, delta_bias: (dim,).
         B, C: (batch, G, N, H, W), group g drives channels [g*dim/G, (g+1)*dim/G).
             ``C=None``: return the hidden states.
@@ -182,6 +183,10 @@ def selective_scan_2d_ref(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor,
         None) with every output written back at the pixel it was computed
         for; with ``return_last_state`` also (batch, dim, N).
     """
+    map_shape = u.shape
+    if u.dim() == 5:  # grouped maps: the same scan on (batch, dim, H, W) copies
+        u, delta = u.flatten(1, 2), delta.flatten(1, 2)
+        z = None if z is None else z.flatten(1, 2)
     batch, dim, height, width = u.shape
     groups = B.shape[1]
     per = dim // groups
@@ -212,5 +217,5 @@ def selective_scan_2d_ref(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor,
         y_map = y.gather(3, inverse[None, :, None, :].expand(batch, -1, n_state, -1)).view(
             batch, dim, n_state, height, width)
     else:
-        y_map = y.gather(2, inverse.expand(batch, -1, -1)).view(batch, dim, height, width)
+        y_map = y.gather(2, inverse.expand(batch, -1, -1)).view(map_shape)
     return (y_map, last) if return_last_state else y_map

@@ -87,14 +87,10 @@ def run_scan(inp: Dict[str, Optional[torch.Tensor]], directions: Sequence[str], 
     if reference64:
         ins = {k: None if v is None else v.detach().double().cpu().requires_grad_(True)
                for k, v in inp.items()}
-        flat = {k: v.flatten(1, 2) if k in ('u', 'delta', 'z') and v is not None and v.dim() == 5
-                else v for k, v in ins.items()}              # grouped maps
-        y, last = selective_scan_2d_ref(flat['u'], flat['delta'], ins['A'], ins['B'], ins['C'],
-                                        directions, D=ins['D'], z=flat['z'],
+        y, last = selective_scan_2d_ref(ins['u'], ins['delta'], ins['A'], ins['B'], ins['C'],
+                                        directions, D=ins['D'], z=ins['z'],
                                         delta_bias=ins['delta_bias'], delta_softplus=softplus,
                                         return_last_state=True)
-        if ins['u'].dim() == 5:                                # grouped maps: y like u
-            y = y.reshape(ins['u'].shape)
     else:
         ins = inp
         for v in ins.values():
