@@ -174,7 +174,8 @@ def main() -> None:
         body = loop_body(sass)
         n_all = sum(1 for l in sass.splitlines() if _INSTR.match(l))
         n_loop = sum(1 for l in body if _INSTR.match(l))
-        flags = {k: kw[k] for k in ('BD', 'R', 'NJ', 'num_warps', 'SA', 'EVEN', 'GROUPED')}
+        flags = {k: kw[k] for k in ('BD', 'R', 'NJ', 'num_warps', 'SA', 'EVEN', 'GROUPED', 'VEC',
+                                    'SHIFT')}
         regs = re.search(r'REG:(\d+)', res).group(1)
         stack = re.search(r'STACK:(\d+)', res).group(1)
         print(f'{name}: registers {regs}, stack {stack} B, instructions {n_all}, '

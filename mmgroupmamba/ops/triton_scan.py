@@ -73,6 +73,12 @@ tile in registers and stored directly when one tile holds the whole group
 dA/dD/d(delta_bias) are accumulated per program and summed on the host
 (deterministic).
 
+Channel pairs: with channels-last maps a thread holds a run of two
+adjacent channels, loaded and stored as one vector where the compiler can
+prove the pair aligned; the host passes the strides halved so that it can
+(``VEC``, see :func:`_layout`), and tiles of groups of an odd channel count
+start at an even channel (``SHIFT``, see :func:`_program`).
+
 Interpreter (``TRITON_INTERPRET=1``): no libdevice (``tl.log``, ``tl.exp``
 and ``/`` where compiled kernels take the hardware's approximate log2, exp2
 and division, see :func:`_exp`), bf16 only loaded and cast, and a fixed
@@ -194,7 +200,7 @@ def scan_config(batch: int, dim: int, groups: int, n_state: int, height: int, wi
     cps = max(1, min(cps, nch))
     warps = ov.get('num_warps_bwd' if backward else 'num_warps', warps)
     return dict(BD=bd, NP=np_, R=r, NJ=nj, NCH=nch, CPS=cps, NSEG=_cdiv(nch, cps), N_DT=n_dt,
-                num_warps=warps)
+                num_warps=warps, VEC=ov.get('VEC', 2))
 
 
 # --------------------------------------------------------------------------- helpers
@@ -519,19 +525,66 @@ def _bc_mask(steps, m3, NP: tl.constexpr):
 
 
 @triton.jit
-def _program(dir_bits, dim, per, N, N_DT, BD: tl.constexpr, NP: tl.constexpr):
+def _program(dir_bits, dim, per, N, N_DT, BD: tl.constexpr, NP: tl.constexpr,
+             VEC: tl.constexpr, SHIFT: tl.constexpr, GROUPED: tl.constexpr):
     """Program coordinates, its direction code (2 bits of ``dir_bits`` per
-    group, see :func:`pack_directions`) and its channel-state pairs
-    k -> (d, n)."""
+    group, see :func:`pack_directions`), its channel-state pairs k -> (d, n)
+    and two masks of them: ``kmask``, the pairs of this group, and
+    ``kmask_ld``, the one the maps' loads take.
+
+    With channel pairs (``VEC = 2``, see :func:`_layout`) the loads need a
+    mask the compiler knows to be the same for both channels of a pair.
+    Where groups have an even channel count that is ``kmask`` (asserted).
+    Else (``SHIFT``: ungrouped maps, odd groups) a group's tiles start at
+    the even channel at or below its first, and a pair is loaded whole when
+    either channel is the group's: the other is a neighbouring group's, in
+    bounds (the host checked that the map's channel count is even) and its
+    values never stored (stores take ``kmask``; the forward only)."""
     pid = tl.program_id(0)
     g = pid // N_DT
     dtile = pid - g * N_DT
     k = tl.arange(0, BD * NP)
-    dl = dtile * BD + k // NP
     nk = k % NP
+    if VEC > 1 and not GROUPED:
+        # d * s_channel addresses the maps: a multiple of VEC the compiler sees
+        lo = VEC * ((g * per) // VEC) + dtile * BD
+        d = lo + k // NP
+        dl = d - g * per
+    else:
+        lo = g * per + dtile * BD            # (defined on every path; SHIFT's)
+        dl = dtile * BD + k // NP
+        d = g * per + dl
+    if SHIFT:
+        tl.static_assert(NP == 1)
+        kmask = (dl >= 0) & (dl < per)
+        pair = lo + VEC * (k // VEC) - g * per                         # dl of the pair's first
+        kmask_ld = tl.max_constancy((pair + VEC - 1 >= 0) & (pair < per), [VEC])
+    else:
+        kmask = dl < per
+        if VEC > 1:
+            # per is even (the assertion goes on the compare: with one
+            # state the compiler folds the & below away, and its attribute)
+            kmask = tl.max_constancy(kmask, [VEC])
+        kmask = kmask & (nk < N)
+        kmask_ld = kmask
     code = (dir_bits >> (2 * (g % 16))) & 3
-    return (g, tl.program_id(1), tl.program_id(2), code, g * per + dl, dl, nk,
-            (dl < per) & (nk < N))
+    return g, tl.program_id(1), tl.program_id(2), code, d, dl, nk, kmask, kmask_ld
+
+
+@triton.jit
+def _vs(s, VEC: tl.constexpr, GROUPED: tl.constexpr):
+    """A map's strides (batch, group, channel, [state,] H, W), those but the
+    channel's, the state's and (without ``GROUPED``) the unused group's
+    given divided by VEC (see :func:`_layout`), as elements: the products
+    tell the compiler that these offsets are multiples of VEC."""
+    sg = s[1]
+    if GROUPED:
+        sg = sg * VEC
+    if len(s) == 6:
+        r = (s[0] * VEC, sg, s[2], s[3], s[4] * VEC, s[5] * VEC)
+    else:
+        r = (s[0] * VEC, sg, s[2], s[3] * VEC, s[4] * VEC)
+    return r
 
 
 # --------------------------------------------------------------------------- forward
@@ -547,8 +600,14 @@ def _fwd_kernel(u_ptr, dt_ptr, z_ptr, y_ptr, A_ptr, D_ptr, bias_ptr, B_ptr, C_pt
                 HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
                 SOFTPLUS: tl.constexpr, SUMMARY: tl.constexpr, SAVE_CKPT: tl.constexpr,
                 STATES: tl.constexpr, SA: tl.constexpr,
-                EVEN: tl.constexpr, GROUPED: tl.constexpr):
-    g, b, seg, code, d, dl, nk, kmask = _program(dir_bits, dim, per, N, N_DT, BD, NP)
+                EVEN: tl.constexpr, GROUPED: tl.constexpr, VEC: tl.constexpr,
+                SHIFT: tl.constexpr):
+    g, b, seg, code, d, dl, nk, kmask, kmask_ld = _program(dir_bits, dim, per, N, N_DT, BD, NP,
+                                                           VEC, SHIFT, GROUPED)
+    su0, sug, su1, su2, su3 = _vs((su0, sug, su1, su2, su3), VEC, GROUPED)
+    sd0, sdg, sd1, sd2, sd3 = _vs((sd0, sdg, sd1, sd2, sd3), VEC, GROUPED)
+    sz0, szg, sz1, sz2, sz3 = _vs((sz0, szg, sz1, sz2, sz3), VEC, GROUPED)
+    sy0, syg, sy1, syn, sy2, sy3 = _vs((sy0, syg, sy1, syn, sy2, sy3), VEC, GROUPED)
     col, rev, n_outer, n_inner, rpl, n_ch = _geom(code, H, W, R, NJ)
     bu, ou, iu = _line(su2, su3, col, rev, n_outer, n_inner)
     bd_, od, id_ = _line(sd2, sd3, col, rev, n_outer, n_inner)
@@ -591,7 +650,7 @@ def _fwd_kernel(u_ptr, dt_ptr, z_ptr, y_ptr, A_ptr, D_ptr, bias_ptr, B_ptr, C_pt
     dr = NJ - dq * rpl
     runs = _runs(c_start, rpl, NJ)
     o, ii, valid = _slots(runs, n_outer, n_inner, R, SA, EVEN)
-    m3 = valid[:, :, None] & kmask[None, None, :] & (c_start < c_end)
+    m3 = valid[:, :, None] & kmask_ld[None, None, :] & (c_start < c_end)
     u_n = tl.load(u_b + _off(u_ch, bu, ou, iu, o, ii, SA == 1), mask=m3, other=0.0)
     dt_n = tl.load(dt_b + _off(dt_ch, bd_, od, id_, o, ii, SA == 1), mask=m3, other=0.0)
     B_n = tl.load(B_b + _off(b_ch, bb, ob, ib, o, ii, False),
@@ -609,7 +668,7 @@ def _fwd_kernel(u_ptr, dt_ptr, z_ptr, y_ptr, A_ptr, D_ptr, bias_ptr, B_ptr, C_pt
         Cv = C_n.to(tl.float32)
         runs_n = _shift_runs(runs[0], runs[1], dq, dr, rpl, True)
         o, ii, valid = _slots(runs_n, n_outer, n_inner, R, SA, EVEN)
-        m3 = valid[:, :, None] & kmask[None, None, :] & (c + 1 < c_end)
+        m3 = valid[:, :, None] & kmask_ld[None, None, :] & (c + 1 < c_end)
         u_n = tl.load(u_b + _off(u_ch, bu, ou, iu, o, ii, SA == 1), mask=m3, other=0.0)
         dt_n = tl.load(dt_b + _off(dt_ch, bd_, od, id_, o, ii, SA == 1), mask=m3, other=0.0)
         B_n = tl.load(B_b + _off(b_ch, bb, ob, ib, o, ii, False),
@@ -713,8 +772,16 @@ def _bwd_kernel(u_ptr, dt_ptr, z_ptr, dy_ptr, A_ptr, D_ptr, bias_ptr, B_ptr, C_p
                 HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
                 SOFTPLUS: tl.constexpr, SUMMARY: tl.constexpr, HAS_DLAST: tl.constexpr,
                 ATOMIC_BC: tl.constexpr, STATES: tl.constexpr, SA: tl.constexpr,
-                EVEN: tl.constexpr, GROUPED: tl.constexpr):
-    g, b, seg, code, d, dl, nk, kmask = _program(dir_bits, dim, per, N, N_DT, BD, NP)
+                EVEN: tl.constexpr, GROUPED: tl.constexpr, VEC: tl.constexpr,
+                SHIFT: tl.constexpr):
+    # (no pairs shifted over a group's edge: their neighbour's channels would
+    # enter the sums over channels, dB and dC; see _layout)
+    tl.static_assert(not SHIFT)
+    g, b, seg, code, d, dl, nk, kmask, kmask_ld = _program(dir_bits, dim, per, N, N_DT, BD, NP,
+                                                           VEC, SHIFT, GROUPED)
+    su, sd, sz = _vs(su, VEC, GROUPED), _vs(sd, VEC, GROUPED), _vs(sz, VEC, GROUPED)
+    sdy, sdu = _vs(sdy, VEC, GROUPED), _vs(sdu, VEC, GROUPED)
+    sddt, sdz = _vs(sddt, VEC, GROUPED), _vs(sdz, VEC, GROUPED)
     col, rev, n_outer, n_inner, rpl, n_ch = _geom(code, H, W, R, NJ)
     b64 = b.to(tl.int64)
     A = tl.load(A_ptr + d * N + nk, mask=kmask, other=0.0)
@@ -753,7 +820,7 @@ def _bwd_kernel(u_ptr, dt_ptr, z_ptr, dy_ptr, A_ptr, D_ptr, bias_ptr, B_ptr, C_p
     dr = NJ - dq * rpl
     runs = _runs(c_end - 1, rpl, NJ)
     dt_n, u_n, B_n, dy_n, C_n, z_n = _bwd_loads(
-        runs, c_start < c_end, n_outer, n_inner, col, rev, kmask, b64, g, d, dl, nk,
+        runs, c_start < c_end, n_outer, n_inner, col, rev, kmask_ld, b64, g, d, dl, nk,
         u_ptr, dt_ptr, z_ptr, dy_ptr, B_ptr, C_ptr, su, sd, sz, sdy, sb, sc,
         R, HAS_Z, STATES, not SUMMARY, NP, SA, EVEN, GROUPED)
     # The chunk-start checkpoints are prefetched with the inputs: with one
@@ -769,7 +836,7 @@ def _bwd_kernel(u_ptr, dt_ptr, z_ptr, dy_ptr, A_ptr, D_ptr, bias_ptr, B_ptr, C_p
         dt_r, u_r, B_r, dy_r, C_r, z_r = dt_n, u_n, B_n, dy_n, C_n, z_n
         runs_n = _shift_runs(runs[0], runs[1], dq, dr, rpl, False)
         dt_n, u_n, B_n, dy_n, C_n, z_n = _bwd_loads(
-            runs_n, c - 1 >= c_start, n_outer, n_inner, col, rev, kmask, b64, g, d, dl, nk,
+            runs_n, c - 1 >= c_start, n_outer, n_inner, col, rev, kmask_ld, b64, g, d, dl, nk,
             u_ptr, dt_ptr, z_ptr, dy_ptr, B_ptr, C_ptr, su, sd, sz, sdy, sb, sc,
             R, HAS_Z, STATES, not SUMMARY, NP, SA, EVEN, GROUPED)
         h0 = h0_n
@@ -919,6 +986,76 @@ def _grouped(per: int, *strides: Tuple[int, ...]) -> bool:
     return any(st[1] != per * st[2] for st in strides)
 
 
+def _layout(cfg: Dict[str, int], groups: int, per: int, *strides: Tuple[int, ...],
+            shift: bool = True) -> Dict[str, int]:
+    """The kernels' layout flags for maps with these strides (those of
+    :func:`_map_strides`): ``SA`` (:func:`_step_axis`), ``GROUPED``
+    (:func:`_grouped`), and ``VEC``, ``SHIFT``.
+
+    ``VEC = 2`` where the tiles hold channel pairs (``SA = 1``) and every
+    stride but the channel's (and, for ungrouped maps, the group's) is even:
+    the kernels take those strides halved and multiply them by 2, so the
+    compiler can prove each pair 8-byte aligned (4 for 16-bit types) and
+    loads and stores it as one vector. Without, it proves that only where
+    the group and the strides are multiples of 16 (Triton's integer
+    specialisation; there ``VEC`` stays 1, see :func:`_proven`), and loaded
+    one channel a request elsewhere: GroupMamba-T stage 3 (87 channels a
+    group), B stages 1 and 3 (24, 106). The B stage-3 forward took 85 us
+    with single channels and 65 with pairs (docs/benchmarks.md).
+    ``SHIFT``: ungrouped maps with groups of an odd channel count start
+    each group's tile at the even channel below its first (see
+    :func:`_program`); with even groups, or the maps grouped, no shift.
+    Without ``shift`` (the backward) odd groups keep single channels: the
+    neighbour's channel of a shifted pair would need zeroing before the sums
+    over channels (dB, dC), and with those selects the backward spilled at
+    255 registers and ran slower (Mask R-CNN stage 3 82 -> 95 us on an
+    H100, T stage 3 with 4-step runs 152 -> 177).
+    Compiled, pairs are taken only where the tile has channel pairs and
+    runs enough for every thread (``BD / 2 * NJ >= 32 * num_warps``): else
+    Triton would spread a run's steps over lanes or warps (the scans along
+    a run would cross threads). ``cfg['VEC']`` = 1 turns the vectors off (a
+    test and benchmark hook).
+    """
+    sa = _step_axis(cfg, per, *strides)
+    grouped = _grouped(per, *strides)
+    fits = _INTERPRET or cfg['BD'] // 2 * cfg['NJ'] >= 32 * cfg['num_warps']
+    # a pair never leaves the map's channels: odd groups only shift
+    # inside an even channel count
+    pairs_in = per % 2 == 0 or (shift and not grouped and groups * per % 2 == 0)
+    scaled = _scaled(grouped, *strides)
+    vec = 2 if (sa == 1 and fits and pairs_in and not _proven(per, grouped, *strides)
+                and cfg.get('VEC', 2) == 2 and all(v % 2 == 0 for v in scaled)) else 1
+    return dict(SA=sa, GROUPED=grouped, VEC=vec, SHIFT=vec == 2 and not grouped and per % 2 == 1)
+
+
+def _scaled(grouped: bool, *strides: Tuple[int, ...]) -> List[int]:
+    """The strides :func:`_halve` divides by ``VEC``."""
+    return [v for st in strides for i, v in enumerate(st) if i not in _unscaled(st, grouped)]
+
+
+def _proven(per: int, grouped: bool, *strides: Tuple[int, ...]) -> bool:
+    """Whether Triton proves channel pairs aligned itself: where per and the
+    strides of :func:`_scaled` are multiples of 16 (its integer
+    specialisation). The kernels then take ``VEC = 1`` and stay as they were
+    (with the explicit products an H100 ran the backward of T stages 2 and
+    4 2-3% slower, the same instructions scheduled otherwise)."""
+    return per % 16 == 0 and all(v % 16 == 0 for v in _scaled(grouped, *strides))
+
+
+def _unscaled(st: Tuple[int, ...], grouped: bool) -> Tuple[int, ...]:
+    """Indices of a stride tuple that :func:`_halve` keeps (as the kernels'
+    ``_vs``): the channel's, the state's (of 6 strides), and the group's
+    where ``GROUPED`` is off (the kernels then take ``d * s_channel``, see
+    :func:`_chan`)."""
+    return (2,) + ((3,) if len(st) == 6 else ()) + (() if grouped else (1,))
+
+
+def _halve(st: Tuple[int, ...], layout: Dict[str, int]) -> Tuple[int, ...]:
+    """Strides as the kernels take them: divided by ``VEC`` (see :func:`_layout`)."""
+    keep = _unscaled(st, layout['GROUPED'])
+    return tuple(v if i in keep else v // layout['VEC'] for i, v in enumerate(st))
+
+
 def pack_directions(codes: Sequence[int]) -> int:
     """Direction codes as one int32 kernel argument, 2 bits per group.
 
@@ -979,19 +1116,20 @@ def selective_scan_2d_fwd_triton(u, delta, A, B, C, codes: List[int], D=None, z=
     grid = (groups * cfg['N_DT'], batch, nseg)
     zz = z if z is not None else u
     maps = [y_strides] + [_map_strides(t, groups) for t in (u, delta, z) if t is not None]
+    layout = _layout(cfg, groups, dim // groups, *maps)
     common = dict(BD=cfg['BD'], NP=cfg['NP'], R=cfg['R'], NJ=cfg['NJ'], HAS_D=D is not None,
                   HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
                   SOFTPLUS=bool(delta_softplus), num_warps=cfg['num_warps'],
-                  SA=_step_axis(cfg, dim // groups, *maps), GROUPED=_grouped(dim // groups, *maps),
-                  EVEN=height % cfg['R'] == 0 and width % cfg['R'] == 0)
+                  EVEN=height % cfg['R'] == 0 and width % cfg['R'] == 0, **layout)
     with _device_ctx(u):
         for summary in ((True, False) if nseg > 1 else (False,)):
             _fwd_kernel[grid](
                 u, delta, zz, y, A32, D32, bias32, B, B if states else C, ckpt, last, summ[0],
                 summ[1], dirs,
                 dim, dim // groups, height, width, n_state, cfg['NCH'], nseg, cfg['CPS'],
-                cfg['N_DT'], *_map_strides(u, groups), *_map_strides(delta, groups),
-                *_map_strides(z, groups), *y_strides,
+                cfg['N_DT'], *_halve(_map_strides(u, groups), layout),
+                *_halve(_map_strides(delta, groups), layout),
+                *_halve(_map_strides(z, groups), layout), *_halve(y_strides, layout),
                 *B.stride(), *(B if states else C).stride(), SUMMARY=summary,
                 SAVE_CKPT=not summary, STATES=states, **common)
     return y, last, ckpt
@@ -1034,6 +1172,8 @@ def selective_scan_2d_bwd_triton(dy, dlast, u, delta, A, B, C, codes: List[int],
           (('u', u), ('delta', delta), ('z', z), ('du', du), ('ddt', ddt), ('dz', dz))}
     maps = [dy_strides] + [st[k] for k, t in (('u', u), ('delta', delta), ('z', z), ('du', du),
                                               ('ddt', ddt), ('dz', dz)) if t is not None]
+    layout = _layout(cfg, groups, dim // groups, *maps, shift=False)
+    st = {k: _halve(v, layout) for k, v in st.items()}
     _check_item_size(dy, u, delta, z, B, C)
     dA_p = u.new_empty((batch * nseg, dim, n_state), dtype=torch.float32)
     dD_p = u.new_empty((batch * nseg, dim), dtype=torch.float32)
@@ -1048,16 +1188,15 @@ def selective_scan_2d_bwd_triton(dy, dlast, u, delta, A, B, C, codes: List[int],
                   HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
                   SOFTPLUS=bool(delta_softplus), HAS_DLAST=dlast is not None,
                   ATOMIC_BC=atomic, num_warps=cfg['num_warps'],
-                  SA=_step_axis(cfg, dim // groups, *maps), GROUPED=_grouped(dim // groups, *maps),
-                  EVEN=height % cfg['R'] == 0 and width % cfg['R'] == 0)
+                  EVEN=height % cfg['R'] == 0 and width % cfg['R'] == 0, **layout)
     with _device_ctx(u):
         for summary in ((True, False) if nseg > 1 else (False,)):
             _bwd_kernel[grid](
                 u, delta, zz, dy, A32, D32, bias32, B, B if states else C, ckpt, dl, summ[0],
                 summ[1], du, ddt, dzz, dB, dB if states else dC, dA_p, dD_p, dbias_p, dirs,
                 dim, dim // groups, height, width, n_state, cfg['NCH'], nseg, cfg['CPS'],
-                cfg['N_DT'], st['u'], st['delta'], st['z'], dy_strides, st['du'], st['ddt'],
-                st['dz'],
+                cfg['N_DT'], st['u'], st['delta'], st['z'], _halve(dy_strides, layout), st['du'],
+                st['ddt'], st['dz'],
                 tuple(B.stride()), tuple((B if states else C).stride()), tuple(dB.stride()),
                 tuple((dB if states else dC).stride()), SUMMARY=summary, STATES=states,
                 **common)

@@ -104,6 +104,72 @@ def test_layouts(layout, dy_like_y, kernel_device, monkeypatch):
     assert chosen == want                       # (forward, backward)
 
 
+@pytest.mark.parametrize('dim, layout, want', [
+    (12, 'channels_last', [(2, True), (1, False)]),   # odd groups: pairs over a group's edge,
+    (8, 'channels_last', [(2, False), (2, False)]),   # forward only; even groups: both passes
+    (12, 'grouped', [(1, False), (1, False)]),        # odd grouped: a pair would leave its map
+])
+def test_channel_pairs(dim, layout, want, kernel_device, scan_override, monkeypatch):
+    """Channel pairs loaded as one vector (``VEC``, ``SHIFT``, see
+    ``triton_scan._layout``): forward and every gradient against float64,
+    and the same as with single channels (the forward bit-identical). Odd
+    groups (3 channels here, 87 in GroupMamba-T) start their tiles at the
+    even channel below their first, and the neighbour's channel must change
+    no output or gradient."""
+    from mmgroupmamba.ops import triton_scan
+    chosen = []
+    layout_fn = triton_scan._layout
+    monkeypatch.setattr(triton_scan, '_layout', lambda *a, **k: chosen.append(
+        layout_fn(*a, **k)) or chosen[-1])
+    # 16 runs of 2 steps of a 4-channel tile: every thread holds a pair,
+    # compiled too (a thread per pair and run)
+    scan_override(BD=4, R=2, NJ=16, num_warps=1, num_warps_bwd=1)
+    dirs = ('lr', 'tb', 'rl', 'bt')
+    inp = make_inputs(2, dim, 4, 1, 5, 6, layout=layout, device=kernel_device, seed=dim)
+    _check(inp, dirs, True, dy_like_y=True)
+    assert [(c['VEC'], c['SHIFT']) for c in chosen] == want        # (forward, backward)
+    y, last, grads = run_scan(inp, dirs, True, backend='triton', dy_like_y=True)
+    scan_override(BD=4, R=2, NJ=16, num_warps=1, num_warps_bwd=1, VEC=1)
+    y1, last1, grads1 = run_scan(inp, dirs, True, backend='triton', dy_like_y=True)
+    assert [c['VEC'] for c in chosen[-2:]] == [1, 1]
+    assert torch.equal(y, y1) and torch.equal(last, last1)
+    # (compiled, sums over steps and channels run in another order)
+    assert all(rel_err(grads[k], grads1[k]) <= 1e-6 for k in grads)
+
+
+def test_channel_pairs_where_needed():
+    """``VEC = 2`` needs every stride but the channel's even (the kernels
+    take them halved) and pairs that stay inside the map, and is not taken
+    where Triton proves the pairs aligned itself (groups and strides
+    multiples of 16)."""
+    from mmgroupmamba.ops.triton_scan import _layout, _map_strides
+    cfg = dict(NP=1, BD=4, NJ=16, num_warps=1)
+
+    def nhwc(c):
+        return _map_strides(torch.zeros(2, 5, 6, c).permute(0, 3, 1, 2), 4)
+
+    def vec(c, *maps, **kw):
+        return _layout(cfg, 4, c // 4, *maps, **kw)['VEC']
+    assert vec(8, nhwc(8)) == 2
+    assert vec(12, nhwc(12)) == 2 and vec(12, nhwc(12), shift=False) == 1
+    assert vec(4, _map_strides(torch.zeros(2, 5, 6, 5)[..., :4].permute(0, 3, 1, 2), 4)) == 1
+    assert vec(12, _map_strides(torch.zeros(2, 5, 6, 13)[..., :12].permute(0, 3, 1, 2), 4)) == 1
+    assert vec(8, nhwc(8), _map_strides(torch.zeros(2, 8, 5, 6), 4)) == 1   # channels-first
+    assert _layout(dict(cfg, VEC=1), 4, 2, nhwc(8))['VEC'] == 1             # the hook
+    assert vec(64, nhwc(64)) == 1                                           # 16 | everything
+    assert vec(64, _map_strides(torch.zeros(2, 5, 6, 72)[..., :64].permute(0, 3, 1, 2), 4)) == 2
+
+
+def test_channel_pairs_need_a_pair_per_thread(gpu_heuristic):
+    """Compiled, a tile of single-channel runs (T stage 3's backward: 128
+    channels x 1 run of 8 steps on 4 warps) keeps single channels: pairs
+    would spread a run's steps over warps."""
+    nhwc = gpu_heuristic._map_strides(torch.zeros(2, 14, 14, 348).permute(0, 3, 1, 2), 4)
+    cfg = dict(NP=1, BD=128, NJ=1, num_warps=4)
+    assert gpu_heuristic._layout(cfg, 4, 87, nhwc)['VEC'] == 1
+    assert gpu_heuristic._layout(dict(cfg, num_warps=2), 4, 87, nhwc)['VEC'] == 2
+
+
 @pytest.mark.parametrize('channels_last', [False, True])
 def test_grouped_maps(channels_last, kernel_device):
     """Grouped maps (batch, G, dim / G, H, W), each group's map contiguous
