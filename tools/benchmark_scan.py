@@ -252,7 +252,8 @@ def main() -> None:
         row = dict(case=name, dtype=str(dtype).replace('torch.', ''), batch=batch, dim=dim,
                    L=length,
                    cfg=dict({k: cfg[k] for k in ('BD', 'R', 'NJ', 'NCH', 'NSEG', 'num_warps')},
-                            BD_bwd=cfg_b['BD'], num_warps_bwd=cfg_b['num_warps']),
+                            BD_bwd=cfg_b['BD'], num_warps_bwd=cfg_b['num_warps'],
+                            num_warps_single=cfg.get('num_warps_single')),
                    fwd_us=bench_device(fwd), bwd_us=bench_device(bwd),
                    fwd_us_with_launch=bench(fwd), bwd_us_with_launch=bench(bwd),
                    official_fwd_us=off_f, official_bwd_us=off_b, override=override)
@@ -296,12 +297,15 @@ def main() -> None:
             return f"{v['fwd']:.0f} / {v['bwd']:.0f}"
         return '–' if v is None else str(v)
     lines = [head, '',
-             '| case | dtype | cfg (BD fwd/bwd, R, NJ, segs, warps fwd/bwd) | fwd µs | bwd µs '
+             '| case | dtype | cfg (BD fwd/bwd, R, NJ, segs, warps fwd/bwd; (n): fwd warps '
+             'without channel pairs) | fwd µs | bwd µs '
              '| fwd / bwd µs with launch | fwd floor / bwd floor µs '
              '| fwd GB/s (frac) | bwd GB/s (frac) | official 1 group fwd / bwd µs '
              '| reference fwd / bwd µs | compiled reference fwd / bwd µs '
              '| fusion path fwd / bwd µs |',
              '|---|---|---|---|---|---|---|---|---|---|---|---|---|']
+    def single(c):  # forward warps where the maps allow no channel pairs
+        return '' if c.get('num_warps_single') is None else f" ({c['num_warps_single']})"
     for r in rows:
         c = r['cfg']
         off = ('–' if r['official_fwd_us'] is None
@@ -309,7 +313,7 @@ def main() -> None:
         lines.append(
             f"| {r['case']} | {r['dtype']} "
             f"| {c['BD']}/{c['BD_bwd']}, {c['R']}, {c['NJ']}, {c['NSEG']}, "
-            f"{c['num_warps']}/{c['num_warps_bwd']} "
+            f"{c['num_warps']}{single(c)}/{c['num_warps_bwd']} "
             f"| {r['fwd_us']:.1f} | {r['bwd_us']:.1f} "
             f"| {r['fwd_us_with_launch']:.0f} / {r['bwd_us_with_launch']:.0f} "
             f"| {r['fwd_floor_us']:.0f} / {r['bwd_floor_us']:.0f} "

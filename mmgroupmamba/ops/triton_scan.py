@@ -131,6 +131,8 @@ def scan_config(batch: int, dim: int, groups: int, n_state: int, height: int, wi
     The chunking (R, NJ and so the checkpoint shape) depends only on the
     shapes, so the backward and ``torch.compile``'s fake tensors agree with
     the forward; the channel tile, warps and segments may differ per pass.
+    ``num_warps_single``, where present, replaces the forward's warps when
+    the maps' strides allow no channel pairs (see :func:`_layout`).
     """
     per = dim // groups
     small = _INTERPRET or not on_gpu
@@ -143,6 +145,7 @@ def scan_config(batch: int, dim: int, groups: int, n_state: int, height: int, wi
     sms = 1 if small else torch.cuda.get_device_properties(
         torch.cuda.current_device()).multi_processor_count
     one = _np2(per)                               # a tile of the whole group
+    single = 0                                    # forward warps without channel pairs
     if small:
         bd, r, nj, warps = min(one, 4), 2, 4, 1
     elif np_ == 1 and not states and 16 <= one <= 128 and 3 * (one - per) <= one:
@@ -158,6 +161,15 @@ def scan_config(batch: int, dim: int, groups: int, n_state: int, height: int, wi
         warps = 8 if (one == 16 and min(height, width) >= 32
                       and batch * groups >= 2 * sms) else 4
         nj = max(1, 8 * 32 * warps // (bd * r))
+        if r == 8 and not backward:
+            # The forward on 2 warps: a thread holds a run of a channel
+            # pair, loaded as one vector (see _layout; T stage 3 62 -> 60
+            # us, B 85 -> 66, bf16 50 -> 46 and 52 -> 46), or on 4
+            # (``num_warps_single``) where the maps allow no pairs (T stage
+            # 3 on grouped maps: 52 us on 4 warps, 77 on 2). The backward
+            # keeps 4 warps of single channels (2 warps of pairs would hold
+            # 16 elements a thread, at 248 registers with 8).
+            warps, single = 2, warps
     else:
         # Groups padded more, N > 1, the states mode (H100 sweeps, with the
         # layout :func:`_off` sets): 16 channels x 16 runs of 4 steps on 4
@@ -199,8 +211,11 @@ def scan_config(batch: int, dim: int, groups: int, n_state: int, height: int, wi
         cps = max(2, _cdiv(nch * rows, 4 * sms))
     cps = max(1, min(cps, nch))
     warps = ov.get('num_warps_bwd' if backward else 'num_warps', warps)
-    return dict(BD=bd, NP=np_, R=r, NJ=nj, NCH=nch, CPS=cps, NSEG=_cdiv(nch, cps), N_DT=n_dt,
-                num_warps=warps, VEC=ov.get('VEC', 2))
+    cfg = dict(BD=bd, NP=np_, R=r, NJ=nj, NCH=nch, CPS=cps, NSEG=_cdiv(nch, cps), N_DT=n_dt,
+               num_warps=warps, VEC=ov.get('VEC', 2))
+    if single and 'num_warps' not in ov:
+        cfg['num_warps_single'] = single
+    return cfg
 
 
 # --------------------------------------------------------------------------- helpers
@@ -1117,6 +1132,11 @@ def selective_scan_2d_fwd_triton(u, delta, A, B, C, codes: List[int], D=None, z=
     zz = z if z is not None else u
     maps = [y_strides] + [_map_strides(t, groups) for t in (u, delta, z) if t is not None]
     layout = _layout(cfg, groups, dim // groups, *maps)
+    if ('num_warps_single' in cfg and layout['VEC'] == 1
+            and not (layout['SA'] == 1 and _proven(dim // groups, layout['GROUPED'], *maps))):
+        # no channel pairs after all (see scan_config)
+        cfg = dict(cfg, num_warps=cfg['num_warps_single'])
+        layout = _layout(cfg, groups, dim // groups, *maps)
     common = dict(BD=cfg['BD'], NP=cfg['NP'], R=cfg['R'], NJ=cfg['NJ'], HAS_D=D is not None,
                   HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
                   SOFTPLUS=bool(delta_softplus), num_warps=cfg['num_warps'],

@@ -331,7 +331,8 @@ def test_gpu_heuristic_long_lines(gpu_heuristic, batch, per, want):
 @pytest.mark.parametrize('per, hw, states, backward, want', [
     (32, 28, False, False, (32, 4)),   # one tile per group, 4 warps, both passes
     (32, 28, False, True, (32, 4)),
-    (87, 14, False, False, (128, 4)),  # padded by at most a third: 87 -> 128 channels
+    (87, 14, False, False, (128, 2)),  # padded by at most a third: 87 -> 128 channels; the
+    (87, 14, False, True, (128, 4)),   # forward of 14x14 maps on 2 warps of channel pairs
     (112, 7, False, True, (128, 4)),
     (24, 56, False, False, (32, 4)),
     (24, 56, False, True, (32, 4)),
@@ -349,6 +350,27 @@ def test_gpu_heuristic_tiles(gpu_heuristic, per, hw, states, backward, want):
     cfg = gpu_heuristic.scan_config(128, groups * per, groups, 1, hw, hw, (0, 1, 2, 3)[:groups],
                                     True, backward=backward, states=states)
     assert (cfg['BD'], cfg['num_warps']) == want
+
+
+@pytest.mark.parametrize('layout, want', [('channels_last', (2, 2)), ('grouped', (4, 1))])
+def test_forward_warps_follow_channel_pairs(gpu_heuristic, monkeypatch, layout, want):
+    """T stage 3's forward runs 2 warps of channel pairs, or 4 warps of
+    single channels where the maps allow no pairs (grouped maps of 87
+    channels: a pair would leave its group's map): (num_warps, VEC) of the
+    launch, the kernel replaced by a recorder."""
+    launches = []
+
+    class Recorder:
+        def __getitem__(self, grid):
+            return lambda *args, **kwargs: launches.append(kwargs)
+    config = gpu_heuristic.scan_config
+    monkeypatch.setattr(gpu_heuristic, 'scan_config', lambda *a, **k: config(
+        *a[:7], True, *a[8:], **k))                    # the GPU branch for CPU tensors
+    monkeypatch.setattr(gpu_heuristic, '_fwd_kernel', Recorder())
+    t = make_inputs(2, 348, 4, 1, 14, 14, with_z=False, layout=layout)
+    gpu_heuristic.selective_scan_2d_fwd_triton(t['u'], t['delta'], t['A'], t['B'], t['C'],
+                                               [0, 1, 2, 3], D=t['D'], delta_softplus=True)
+    assert (launches[-1]['num_warps'], launches[-1]['VEC']) == want
 
 
 def test_step_axis():
