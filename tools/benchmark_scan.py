@@ -304,6 +304,7 @@ def main() -> None:
              '| reference fwd / bwd µs | compiled reference fwd / bwd µs '
              '| fusion path fwd / bwd µs |',
              '|---|---|---|---|---|---|---|---|---|---|---|---|---|']
+
     def single(c):  # forward warps where the maps allow no channel pairs
         return '' if c.get('num_warps_single') is None else f" ({c['num_warps_single']})"
     for r in rows:
