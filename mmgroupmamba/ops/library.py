@@ -32,7 +32,7 @@ from torch import Tensor
 from torch.utils.flop_counter import register_flop_formula
 
 from . import triton_scan
-from .reference import selective_scan_2d_ref
+from .reference import map_shape, selective_scan_2d_ref
 
 
 def _absent(like: Tensor) -> Tensor:
@@ -68,7 +68,7 @@ def _state_dtype(u: Tensor, use_triton: bool) -> torch.dtype:
 @selective_scan_2d_fwd.register_fake
 def _fwd_fake(u, delta, A, B, C, D, z, delta_bias, directions, delta_softplus, use_triton,
               out_dtype=None):
-    batch, dim = u.shape[0], u.shape[1] * (u.shape[2] if u.dim() == 5 else 1)  # grouped maps
+    batch, dim = map_shape(u)[:2]
     n_state = B.shape[2]
     ckpt = (u.new_empty(triton_scan.ckpt_shape(u, B, directions), dtype=torch.float32)
             if use_triton and u.numel() > 0 else u.new_empty((0,), dtype=torch.float32))

@@ -66,6 +66,14 @@ def scan_order(direction: Union[str, int], height: int, width: int,
     return idx
 
 
+def map_shape(u: torch.Tensor) -> Tuple[int, int, int, int]:
+    """(batch, dim, H, W) of a map given as (batch, dim, H, W) or grouped,
+    (batch, G, dim / G, H, W)."""
+    if u.dim() == 5:
+        return u.shape[0], u.shape[1] * u.shape[2], u.shape[3], u.shape[4]
+    return tuple(u.shape)
+
+
 def _expand_groups(bc: torch.Tensor, dim: int) -> torch.Tensor:
     """(batch, N, L) or (batch, G, N, L) -> (batch, dim, N, L), group g serving
     channels [g*dim/G, (g+1)*dim/G)."""

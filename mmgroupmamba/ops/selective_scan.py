@@ -18,7 +18,7 @@ from typing import Optional, Sequence, Tuple, Union
 import torch
 
 from . import library  # noqa: F401  (registers torch.ops.mmgroupmamba.*)
-from .reference import DIRECTIONS, direction_code
+from .reference import DIRECTIONS, direction_code, map_shape
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 BACKENDS = ('reference', 'triton')
@@ -38,10 +38,7 @@ def _check_map_args(u, delta, A, B, C, D, z, delta_bias, directions, check_finit
     if u.dtype not in _FLOAT_DTYPES:
         raise TypeError(f'u: expected a floating dtype {_FLOAT_DTYPES}, got {u.dtype}')
     grouped = u.dim() == 5
-    if grouped:
-        batch, dim, height, width = u.shape[0], u.shape[1] * u.shape[2], u.shape[3], u.shape[4]
-    else:
-        batch, dim, height, width = u.shape
+    batch, dim, height, width = map_shape(u)
     if not isinstance(B, torch.Tensor):
         raise ValueError('B: required, a tensor of shape (batch, G, N, H, W)')
     if C is None and (D is not None or z is not None):

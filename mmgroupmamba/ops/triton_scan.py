@@ -98,6 +98,8 @@ import triton
 import triton.language as tl
 from triton.language.extra import libdevice
 
+from .reference import map_shape
+
 _INTERPRET = os.environ.get('TRITON_INTERPRET', '0') == '1'
 #: compiled kernels take the hardware's approximate exp2, log2 and reciprocal
 #: (libdevice), see :func:`_exp` and :func:`_softplus`
@@ -944,14 +946,6 @@ def _bwd_kernel(u_ptr, dt_ptr, z_ptr, dy_ptr, A_ptr, D_ptr, bias_ptr, B_ptr, C_p
 # --------------------------------------------------------------------------- host side
 
 
-def _map_shape(u: torch.Tensor, groups: int) -> Tuple[int, int, int, int]:
-    """(batch, dim, H, W) of a map given as (batch, dim, H, W) or as
-    (batch, G, dim / G, H, W) (see :func:`_map_strides`)."""
-    if u.dim() == 5:
-        return u.shape[0], u.shape[1] * u.shape[2], u.shape[3], u.shape[4]
-    return tuple(u.shape)
-
-
 def _map_strides(t: Optional[torch.Tensor], groups: int, states: bool = False
                  ) -> Tuple[int, ...]:
     """Strides (batch, group, channel in group, [state,] H, W) of a map
@@ -1091,7 +1085,7 @@ def pack_directions(codes: Sequence[int]) -> int:
 
 def ckpt_shape(u: torch.Tensor, B: torch.Tensor, codes: Sequence[int]) -> Tuple[int, ...]:
     """Shape of the chunk-start state checkpoints the forward saves."""
-    batch, dim, height, width = _map_shape(u, B.shape[1])
+    batch, dim, height, width = map_shape(u)
     cfg = scan_config(batch, dim, B.shape[1], B.shape[2], height, width, codes, u.is_cuda)
     return (batch, dim, cfg['NCH'], B.shape[2])
 
@@ -1108,7 +1102,7 @@ def selective_scan_2d_fwd_triton(u, delta, A, B, C, codes: List[int], D=None, z=
         (batch, dim, N) fp32; chunk-start checkpoints (batch, dim, NCH, N) fp32.
     """
     groups, n_state = B.shape[1], B.shape[2]
-    batch, dim, height, width = _map_shape(u, groups)
+    batch, dim, height, width = map_shape(u)
     states = C is None
     cfg = scan_config(batch, dim, groups, n_state, height, width, codes, u.is_cuda,
                       states=states)
@@ -1170,7 +1164,7 @@ def selective_scan_2d_bwd_triton(dy, dlast, u, delta, A, B, C, codes: List[int],
     """
     states = C is None
     groups, n_state = B.shape[1], B.shape[2]
-    batch, dim, height, width = _map_shape(u, groups)
+    batch, dim, height, width = map_shape(u)
     cfg = scan_config(batch, dim, groups, n_state, height, width, codes, u.is_cuda,
                       backward=True, states=states)
     nseg = cfg['NSEG']
