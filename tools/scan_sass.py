@@ -13,7 +13,7 @@ compare, e.g. ``pip install triton==3.6.0`` beside a CPU torch).
 Usage:
     python tools/scan_sass.py 16,56,56                  # GroupMamba-T stage 1, both passes
     python tools/scan_sass.py 87,14,14 --pass bwd --lines 25
-    python tools/scan_sass.py 24,56,56 --dtype bfloat16 --set BD=8 --dump /tmp/sass
+    python tools/scan_sass.py 24,56,56 --dtype bfloat16 --set BD=8 --dump /tmp/sass  # + IR
 CASE is ``per,H,W`` (channels per group of 4 groups, map size).
 """
 import argparse
@@ -154,7 +154,9 @@ def main() -> None:
                         help="triton_scan.CONFIG_OVERRIDE entries, e.g. BD=8 num_warps_bwd=2")
     parser.add_argument('--lines', type=int, default=0,
                         help='print the loop\'s N source lines with the most instructions')
-    parser.add_argument('--dump', default=None, help='write each kernel\'s SASS to DIR/NAME.sass')
+    parser.add_argument('--dump', default=None,
+                        help='write each kernel\'s SASS and Triton GPU IR (its layouts) to '
+                             'DIR/NAME.sass and DIR/NAME.ttgir')
     args = parser.parse_args()
     per, height, width = (int(v) for v in args.case.split(','))
     override = {k: int(v) for k, v in (s.split('=') for s in args.set)}
@@ -185,6 +187,8 @@ def main() -> None:
         if args.dump:
             with open(os.path.join(args.dump, f'{name}.sass'), 'w') as f:
                 f.write(sass)
+            with open(os.path.join(args.dump, f'{name}.ttgir'), 'w') as f:
+                f.write(kernel.asm['ttgir'])
 
 
 if __name__ == '__main__':

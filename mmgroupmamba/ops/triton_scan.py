@@ -69,7 +69,9 @@ g_t + x_t`` is the scan exclusive of step t. (Carrying dh itself needs
 ``a_t h_{t-1} = h_t - delta_t B_t u_t`` gives
 the decay gradient without a division. dB/dC are reduced over the channel
 tile in registers and stored directly when one tile holds the whole group
-(the GroupMamba case), else added atomically into fp32 buffers;
+(the GroupMamba case), else added atomically into fp32 buffers; with a
+channel per lane (GroupMamba's stage 3) the reduction is a reduce-scatter
+over the lanes (:func:`_lane_sums`);
 dA/dD/d(delta_bias) are accumulated per program and summed on the host
 (deterministic).
 
@@ -108,7 +110,9 @@ _HW_MATH = tl.constexpr(not _INTERPRET)
 #: Test/benchmark hook: keys 'BD' (channels per program, both passes), 'R'
 #: (steps per run), 'NJ' (runs per chunk), 'CPS' (chunks per segment),
 #: 'num_warps' (forward), 'num_warps_bwd' (backward) override the heuristic
-#: tile config (see :func:`scan_config`).
+#: tile config (see :func:`scan_config`); 'VEC' = 1 and 'LANE_SUMS' = 0 turn
+#: off channel pairs (:func:`_layout`) and the backward's lane sums
+#: (:func:`_lane_sums_fit`).
 CONFIG_OVERRIDE: Dict[str, int] = {}
 
 
@@ -214,7 +218,7 @@ def scan_config(batch: int, dim: int, groups: int, n_state: int, height: int, wi
     cps = max(1, min(cps, nch))
     warps = ov.get('num_warps_bwd' if backward else 'num_warps', warps)
     cfg = dict(BD=bd, NP=np_, R=r, NJ=nj, NCH=nch, CPS=cps, NSEG=_cdiv(nch, cps), N_DT=n_dt,
-               num_warps=warps, VEC=ov.get('VEC', 2))
+               num_warps=warps, VEC=ov.get('VEC', 2), LANE_SUMS=ov.get('LANE_SUMS', 1))
     if single and 'num_warps' not in ov:
         cfg['num_warps_single'] = single
     return cfg
@@ -507,6 +511,80 @@ def _sum_states(x, BD: tl.constexpr, NP: tl.constexpr):
 
 
 @triton.jit
+def _shfl_xor(x, MASK: tl.constexpr):
+    """x of lane ``lane ^ MASK`` (a butterfly shuffle of fp32; compiled only:
+    the interpreter runs no PTX)."""
+    xi = x.to(tl.int32, bitcast=True)
+    if MASK == 16:
+        r = tl.inline_asm_elementwise('shfl.sync.bfly.b32 $0, $1, 16, 0x1f, 0xffffffff;',
+                                      '=r,r', [xi], dtype=tl.int32, is_pure=True, pack=1)
+    elif MASK == 8:
+        r = tl.inline_asm_elementwise('shfl.sync.bfly.b32 $0, $1, 8, 0x1f, 0xffffffff;',
+                                      '=r,r', [xi], dtype=tl.int32, is_pure=True, pack=1)
+    elif MASK == 4:
+        r = tl.inline_asm_elementwise('shfl.sync.bfly.b32 $0, $1, 4, 0x1f, 0xffffffff;',
+                                      '=r,r', [xi], dtype=tl.int32, is_pure=True, pack=1)
+    elif MASK == 2:
+        r = tl.inline_asm_elementwise('shfl.sync.bfly.b32 $0, $1, 2, 0x1f, 0xffffffff;',
+                                      '=r,r', [xi], dtype=tl.int32, is_pure=True, pack=1)
+    else:
+        tl.static_assert(MASK == 1)
+        r = tl.inline_asm_elementwise('shfl.sync.bfly.b32 $0, $1, 1, 0x1f, 0xffffffff;',
+                                      '=r,r', [xi], dtype=tl.int32, is_pure=True, pack=1)
+    return r.to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _scatter_step(lo, hi, lane, MASK: tl.constexpr):
+    """One step of a reduce-scatter over lanes l and l ^ MASK: the lane whose
+    MASK bit is clear keeps lo, the other hi, each adding its partner's
+    copy, so a shuffle moves half the values a butterfly would."""
+    up = (lane & MASK) != 0
+    return tl.where(up, hi, lo) + _shfl_xor(tl.where(up, lo, hi), MASK)
+
+
+@triton.jit
+def _lane_sums(xb, xc, BD: tl.constexpr):
+    """Sums over the channels of two tiles [NJ, R, BD] with NJ * R = 8 and
+    channel c in lane c % 32 of warp c // 32 (``LANE_SUMS``, see
+    :func:`_bwd_lane_sums`): a reduce-scatter over lanes 16, 8, 4, 2 apart,
+    a butterfly over 1, then a sum over the warps. Returns [32]: lane l holds
+    the sum of xc if l & 16 else xb, at step f = 4 (l >> 1 & 1) + 2 (l >> 2
+    & 1) + (l >> 3 & 1) of the tile (f = run * R + step in the run). A
+    butterfly per value (``tl.sum``) took 80 shuffles and adds per chunk,
+    this 16."""
+    y = _scatter_step(xb, xc, (tl.arange(0, BD) % 32)[None, None, :], 16)
+    lane = (tl.arange(0, BD) % 32)[:, None]
+    e, o = tl.split(tl.reshape(tl.permute(y, (2, 0, 1)), (BD, 4, 2)))   # steps f = 2k, 2k + 1
+    y = _scatter_step(e, o, lane, 8)                                    # [BD, 4]: f = 2k + b3
+    e, o = tl.split(tl.reshape(y, (BD, 2, 2)))
+    y = _scatter_step(e, o, lane, 4)                                    # [BD, 2]: k = 2m + b2
+    e, o = tl.split(y)
+    y = _scatter_step(e, o, tl.arange(0, BD) % 32, 2)                   # [BD]: m = b1
+    y = y + _shfl_xor(y, 1)
+    return tl.sum(tl.reshape(y, (BD // 32, 32)), axis=0)
+
+
+@triton.jit
+def _store_lane_sums(s, ro, rj, n_outer, n_inner, col, rev, g, b64, dB_ptr, dC_ptr, sdb, sdc,
+                     R: tl.constexpr, NJ: tl.constexpr):
+    """Store the [32] lane sums of :func:`_lane_sums` (dB in lanes 0-15, dC
+    in 16-31, each twice) at their steps of the chunk of runs (ro, rj)."""
+    lane = tl.arange(0, 32)
+    f = 4 * ((lane >> 1) & 1) + 2 * ((lane >> 2) & 1) + ((lane >> 3) & 1)
+    sel = tl.arange(0, NJ)[:, None] == (f // R)[None, :]
+    o = tl.sum(tl.where(sel, ro[:, None], 0), axis=0)
+    ii = tl.sum(tl.where(sel, rj[:, None], 0), axis=0) * R + f % R
+    bdb, odb, idb = _line(sdb[3], sdb[4], col, rev, n_outer, n_inner)
+    bdc, odc, idc = _line(sdc[3], sdc[4], col, rev, n_outer, n_inner)
+    ptr = tl.where((lane & 16) != 0,
+                   dC_ptr + b64 * sdc[0] + (g * sdc[1] + bdc + o * odc + ii * idc),
+                   dB_ptr + b64 * sdb[0] + (g * sdb[1] + bdb + o * odb + ii * idb))
+    tl.store(ptr, s.to(dB_ptr.dtype.element_ty),
+             mask=(o < n_outer) & (ii < n_inner) & ((lane & 1) == 0))
+
+
+@triton.jit
 def _sum_channels(x, BD: tl.constexpr, NP: tl.constexpr):
     """Sum over the channels of a tile: [., ., BK] -> [., ., NP]."""
     if NP > 1:
@@ -790,7 +868,7 @@ def _bwd_kernel(u_ptr, dt_ptr, z_ptr, dy_ptr, A_ptr, D_ptr, bias_ptr, B_ptr, C_p
                 SOFTPLUS: tl.constexpr, SUMMARY: tl.constexpr, HAS_DLAST: tl.constexpr,
                 ATOMIC_BC: tl.constexpr, STATES: tl.constexpr, SA: tl.constexpr,
                 EVEN: tl.constexpr, GROUPED: tl.constexpr, VEC: tl.constexpr,
-                SHIFT: tl.constexpr):
+                SHIFT: tl.constexpr, LANE_SUMS: tl.constexpr):
     # (no pairs shifted over a group's edge: their neighbour's channels would
     # enter the sums over channels, dB and dC; see _layout)
     tl.static_assert(not SHIFT)
@@ -861,6 +939,7 @@ def _bwd_kernel(u_ptr, dt_ptr, z_ptr, dy_ptr, A_ptr, D_ptr, bias_ptr, B_ptr, C_p
             h0_n = tl.load(ckpt_ptr + ck + (c - 1) * N, mask=ck_mask & (c - 1 >= c_start),
                            other=0.0)
         o, ii, valid = _slots(runs, n_outer, n_inner, R, SA, EVEN)
+        ro, rj = runs
         runs = runs_n
         m3 = valid[:, :, None] & kmask[None, None, :]
         dtv, dsp = _delta(dt_r.to(tl.float32), bias, m3, HAS_BIAS, SOFTPLUS, False)
@@ -915,22 +994,27 @@ def _bwd_kernel(u_ptr, dt_ptr, z_ptr, dy_ptr, A_ptr, D_ptr, bias_ptr, B_ptr, C_p
             tl.store(ddt_ptr + b64 * sddt[0] + off_ddt, ddt.to(ddt_ptr.dtype.element_ty),
                      mask=store_d)
             # dB, dC: reduced over the tile's channels, one value per (step, state)
-            mbc = valid[:, :, None] & (nn < N)[None, None, :]
-            bdb, odb, idb = _line(sdb[3], sdb[4], col, rev, n_outer, n_inner)
-            off_db = b64 * sdb[0] + _off(g * sdb[1] + nn * sdb[2], bdb, odb, idb, o, ii, False)
-            dBt = _sum_channels(dhs * (dtv * u), BD, NP)
-            if ATOMIC_BC:
-                tl.atomic_add(dB_ptr + off_db, dBt, mask=mbc)
+            if LANE_SUMS:
+                _store_lane_sums(_lane_sums(dhs * (dtv * u), hs * gy, BD), ro, rj, n_outer,
+                                 n_inner, col, rev, g, b64, dB_ptr, dC_ptr, sdb, sdc, R, NJ)
             else:
-                tl.store(dB_ptr + off_db, dBt.to(dB_ptr.dtype.element_ty), mask=mbc)
-            if not STATES:
-                bdc, odc, idc = _line(sdc[3], sdc[4], col, rev, n_outer, n_inner)
-                off_dc = b64 * sdc[0] + _off(g * sdc[1] + nn * sdc[2], bdc, odc, idc, o, ii, False)
-                dCt = _sum_channels(hs * gy, BD, NP)
+                mbc = valid[:, :, None] & (nn < N)[None, None, :]
+                bdb, odb, idb = _line(sdb[3], sdb[4], col, rev, n_outer, n_inner)
+                off_db = b64 * sdb[0] + _off(g * sdb[1] + nn * sdb[2], bdb, odb, idb, o, ii, False)
+                dBt = _sum_channels(dhs * (dtv * u), BD, NP)
                 if ATOMIC_BC:
-                    tl.atomic_add(dC_ptr + off_dc, dCt, mask=mbc)
+                    tl.atomic_add(dB_ptr + off_db, dBt, mask=mbc)
                 else:
-                    tl.store(dC_ptr + off_dc, dCt.to(dC_ptr.dtype.element_ty), mask=mbc)
+                    tl.store(dB_ptr + off_db, dBt.to(dB_ptr.dtype.element_ty), mask=mbc)
+                if not STATES:
+                    bdc, odc, idc = _line(sdc[3], sdc[4], col, rev, n_outer, n_inner)
+                    off_dc = b64 * sdc[0] + _off(g * sdc[1] + nn * sdc[2], bdc, odc, idc, o, ii,
+                                                 False)
+                    dCt = _sum_channels(hs * gy, BD, NP)
+                    if ATOMIC_BC:
+                        tl.atomic_add(dC_ptr + off_dc, dCt, mask=mbc)
+                    else:
+                        tl.store(dC_ptr + off_dc, dCt.to(dC_ptr.dtype.element_ty), mask=mbc)
     if SUMMARY:
         soff = _carry(((b * dim + d) * NSEG + seg) * N + nk, SA)
         tl.store(sq_ptr + soff, q_seg, mask=_carry(kmask, SA))
@@ -1035,6 +1119,20 @@ def _layout(cfg: Dict[str, int], groups: int, per: int, *strides: Tuple[int, ...
     vec = 2 if (sa == 1 and fits and pairs_in and not _proven(per, grouped, *strides)
                 and cfg.get('VEC', 2) == 2 and all(v % 2 == 0 for v in scaled)) else 1
     return dict(SA=sa, GROUPED=grouped, VEC=vec, SHIFT=vec == 2 and not grouped and per % 2 == 1)
+
+
+def _lane_sums_fit(cfg: Dict[str, int], layout: Dict[str, int], per: int,
+                   *strides: Tuple[int, ...]) -> bool:
+    """Whether the backward sums dB and dC over channels by the lanes'
+    reduce-scatter (``LANE_SUMS``, :func:`_lane_sums`): compiled, one state,
+    a thread per channel (steps inside a thread, single channels, where
+    Triton cannot prove pairs either) and a channel per lane (``BD = 32 *
+    warps``), 8 steps a thread (``NJ * R``): GroupMamba's stage-3 tiles.
+    ``cfg['LANE_SUMS']`` = 0 turns it off (a test and benchmark hook)."""
+    return (not _INTERPRET and cfg.get('LANE_SUMS', 1) == 1 and cfg['NP'] == 1
+            and layout['SA'] == 1 and layout['VEC'] == 1
+            and not _proven(per, layout['GROUPED'], *strides)
+            and cfg['BD'] == 32 * cfg['num_warps'] and cfg['NJ'] * cfg['R'] == 8)
 
 
 def _scaled(grouped: bool, *strides: Tuple[int, ...]) -> List[int]:
@@ -1202,7 +1300,9 @@ def selective_scan_2d_bwd_triton(dy, dlast, u, delta, A, B, C, codes: List[int],
                   HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
                   SOFTPLUS=bool(delta_softplus), HAS_DLAST=dlast is not None,
                   ATOMIC_BC=atomic, num_warps=cfg['num_warps'],
-                  EVEN=height % cfg['R'] == 0 and width % cfg['R'] == 0, **layout)
+                  EVEN=height % cfg['R'] == 0 and width % cfg['R'] == 0,
+                  LANE_SUMS=(not (atomic or states) and dB.dtype == dC.dtype
+                             and _lane_sums_fit(cfg, layout, dim // groups, *maps)), **layout)
     with _device_ctx(u):
         for summary in ((True, False) if nseg > 1 else (False,)):
             _bwd_kernel[grid](

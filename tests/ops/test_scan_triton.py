@@ -284,6 +284,39 @@ def test_default_gpu_tiles(shape, states, request):
     _check(inp, ('lr', 'tb', 'rl', 'bt')[:shape[2]], True, states=states)
 
 
+@pytest.mark.parametrize('shape, layout, tile', [
+    ((2, 348, 4, 1, 14, 14), 'channels_last', {}),      # T stage 3: 87 channels in 128 lanes
+    ((2, 424, 4, 1, 9, 13), 'grouped', {}),             # B stage 3's groups, grouped maps
+    ((2, 80, 4, 1, 5, 6), 'channels_last', dict(BD=32, R=8, NJ=1, num_warps_bwd=1)),
+    ((2, 156, 4, 1, 6, 7), 'channels_last', dict(BD=64, R=4, NJ=2, num_warps_bwd=2)),
+])
+def test_lane_sums(shape, layout, tile, request, scan_override, monkeypatch):
+    """dB and dC summed over channels by the lanes' reduce-scatter
+    (``LANE_SUMS``, inline PTX shuffles, so compiled only): taken for these
+    tiles (a channel per lane, 8 steps a thread, 1 or 2 runs), every
+    gradient against float64 and against the butterfly sums of ``tl.sum``."""
+    if not request.config.getoption('--gpu'):
+        pytest.skip('GPU-only (inline PTX)')
+    if not torch.cuda.is_available():
+        pytest.skip('no CUDA')
+    from mmgroupmamba.ops import triton_scan
+    taken = []
+    fit = triton_scan._lane_sums_fit
+    monkeypatch.setattr(triton_scan, '_lane_sums_fit',
+                        lambda *a: taken.append(fit(*a)) or taken[-1])
+    dirs = ('lr', 'tb', 'rl', 'bt')
+    scan_override(**tile)
+    inp = make_inputs(*shape, layout=layout, device='cuda', seed=shape[1])
+    _check(inp, dirs, True, dy_like_y=True)
+    y, last, grads = run_scan(inp, dirs, True, backend='triton', dy_like_y=True)
+    assert taken == [True, True]
+    scan_override(LANE_SUMS=0, **tile)
+    y0, last0, grads0 = run_scan(inp, dirs, True, backend='triton', dy_like_y=True)
+    assert taken == [True, True, False]
+    assert torch.equal(y, y0)
+    assert all(rel_err(grads[k], grads0[k]) <= 1e-6 for k in grads)
+
+
 @pytest.fixture
 def gpu_heuristic(monkeypatch):
     """``triton_scan`` with its tile heuristic answering as on an H100 (132 SMs)."""
@@ -295,6 +328,31 @@ def gpu_heuristic(monkeypatch):
     monkeypatch.setattr(torch.cuda, 'get_device_properties',
                         lambda d: SimpleNamespace(multi_processor_count=132))
     return triton_scan
+
+
+def test_lane_sums_where_they_fit(gpu_heuristic, monkeypatch):
+    """The backward sums dB/dC by the lanes' reduce-scatter only where its
+    lane arithmetic holds: one state, single channels with the steps inside
+    a thread (no pairs, neither ours nor those Triton proves aligned), a
+    channel per lane and 8 steps a thread; never in the interpreter."""
+    ts = gpu_heuristic
+
+    def fit(per, cfg, **kw):
+        maps = ts._map_strides(torch.zeros(2, 14, 14, 4 * per).permute(0, 3, 1, 2), 4)
+        cfg = dict(dict(NP=1, BD=128, R=8, NJ=1, num_warps=4), **cfg)
+        return ts._lane_sums_fit(cfg, dict(ts._layout(cfg, 4, per, maps, shift=False), **kw),
+                                 per, maps)
+    assert fit(87, {}) and fit(106, {})                  # T and B stage 3
+    assert fit(39, dict(BD=64, R=4, NJ=2, num_warps=2))
+    assert not fit(112, dict(R=4, NJ=2))                 # Triton's own pairs (16 | 112)
+    assert not fit(87, {}, VEC=2)
+    assert not fit(87, dict(num_warps=2))                # two channels a lane
+    assert not fit(87, dict(R=4))                        # 4 steps a thread
+    assert not fit(87, dict(NP=2))
+    assert not fit(87, dict(LANE_SUMS=0))
+    assert not fit(87, {}, SA=0)                         # steps across lanes
+    monkeypatch.setattr(ts, '_INTERPRET', True)
+    assert not fit(87, {})
 
 
 @pytest.mark.parametrize('height, width, states, want', [
