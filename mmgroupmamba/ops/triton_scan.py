@@ -112,7 +112,8 @@ _HW_MATH = tl.constexpr(not _INTERPRET)
 #: 'num_warps' (forward), 'num_warps_bwd' (backward) override the heuristic
 #: tile config (see :func:`scan_config`); 'VEC' = 1 and 'LANE_SUMS' = 0 turn
 #: off channel pairs (:func:`_layout`) and the backward's lane sums
-#: (:func:`_lane_sums_fit`).
+#: (:func:`_lane_sums_fit`); 'CK_CM' (0 or 1) sets the checkpoints' layout
+#: (:func:`_ckpt_off`).
 CONFIG_OVERRIDE: Dict[str, int] = {}
 
 
@@ -217,7 +218,13 @@ def scan_config(batch: int, dim: int, groups: int, n_state: int, height: int, wi
         cps = max(2, _cdiv(nch * rows, 4 * sms))
     cps = max(1, min(cps, nch))
     warps = ov.get('num_warps_bwd' if backward else 'num_warps', warps)
+    # Checkpoints chunk-major where the sequences have many chunks (measured
+    # on an H100, docs/benchmarks.md: B stage 1, 98 chunks, forward 291 ->
+    # 283 us, bf16 327 -> 288; Mask R-CNN stage 3, 525 chunks, 35.5 -> 33;
+    # with 25 chunks, T stages 2-3, it was 2-3% slower in fp32).
+    ck_cm = ov.get('CK_CM', int(nch >= 64))
     cfg = dict(BD=bd, NP=np_, R=r, NJ=nj, NCH=nch, CPS=cps, NSEG=_cdiv(nch, cps), N_DT=n_dt,
+               CK_CM=ck_cm,
                num_warps=warps, VEC=ov.get('VEC', 2), LANE_SUMS=ov.get('LANE_SUMS', 1))
     if single and 'num_warps' not in ov:
         cfg['num_warps_single'] = single
@@ -686,6 +693,20 @@ def _vs(s, VEC: tl.constexpr, GROUPED: tl.constexpr):
 
 
 @triton.jit
+def _ckpt_off(b, c, d, nk, dim, NCH, N, CK_CM: tl.constexpr):
+    """Offset of the state checkpoint of chunk c, channel d, state nk: in a
+    (batch, dim, NCH, N) buffer, or with ``CK_CM`` (see :func:`scan_config`)
+    a (batch, NCH, dim rounded up to even, N) one, whose channels are
+    contiguous and whose row length the compiler sees even, so that channel
+    pairs are stored as they are held."""
+    if CK_CM:
+        off = ((b * NCH + c) * (((dim + 1) // 2) * 2) + d) * N + nk
+    else:
+        off = ((b * dim + d) * NCH + c) * N + nk
+    return off
+
+
+@triton.jit
 def _fwd_kernel(u_ptr, dt_ptr, z_ptr, y_ptr, A_ptr, D_ptr, bias_ptr, B_ptr, C_ptr,
                 ckpt_ptr, last_ptr, sp_ptr, sh_ptr, dir_bits,
                 dim, per, H, W, N, NCH, NSEG, CPS, N_DT,
@@ -696,7 +717,7 @@ def _fwd_kernel(u_ptr, dt_ptr, z_ptr, y_ptr, A_ptr, D_ptr, bias_ptr, B_ptr, C_pt
                 SOFTPLUS: tl.constexpr, SUMMARY: tl.constexpr, SAVE_CKPT: tl.constexpr,
                 STATES: tl.constexpr, SA: tl.constexpr,
                 EVEN: tl.constexpr, GROUPED: tl.constexpr, VEC: tl.constexpr,
-                SHIFT: tl.constexpr):
+                SHIFT: tl.constexpr, CK_CM: tl.constexpr):
     g, b, seg, code, d, dl, nk, kmask, kmask_ld = _program(dir_bits, dim, per, N, N_DT, BD, NP,
                                                            VEC, SHIFT, GROUPED)
     su0, sug, su1, su2, su3 = _vs((su0, sug, su1, su2, su3), VEC, GROUPED)
@@ -776,7 +797,7 @@ def _fwd_kernel(u_ptr, dt_ptr, z_ptr, y_ptr, A_ptr, D_ptr, bias_ptr, B_ptr, C_pt
         m3 = valid[:, :, None] & kmask[None, None, :]
         dtv, _ = _delta(dt_raw, bias, m3, HAS_BIAS, SOFTPLUS, True)
         if SAVE_CKPT:
-            tl.store(ckpt_ptr + _carry(((b * dim + d) * NCH + c) * N + nk, SA), h,
+            tl.store(ckpt_ptr + _carry(_ckpt_off(b, c, d, nk, dim, NCH, N, CK_CM), SA), h,
                      mask=_carry(kmask, SA))
         hs, h_next, p_chunk = _scan_chunk(_exp(dtv * A[None, None, :]), dtv * u * Bv, h, R, NJ,
                                           SA)
@@ -857,9 +878,9 @@ def _bwd_loads(runs, live, n_outer, n_inner, col, rev, kmask, b64, g, d, dl, nk,
     return dt, u, Bv, dy, Cv, zv
 
 
-@triton.jit
+@triton.jit(do_not_specialize=['ck_sd'])
 def _bwd_kernel(u_ptr, dt_ptr, z_ptr, dy_ptr, A_ptr, D_ptr, bias_ptr, B_ptr, C_ptr,
-                ckpt_ptr, dlast_ptr, sq_ptr, sg_ptr,
+                ckpt_ptr, ck_sb, ck_sc, ck_sd, dlast_ptr, sq_ptr, sg_ptr,
                 du_ptr, ddt_ptr, dz_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr, dbias_ptr, dir_bits,
                 dim, per, H, W, N, NCH, NSEG, CPS, N_DT,
                 su, sd, sz, sdy, sdu, sddt, sdz, sb, sc, sdb, sdc,
@@ -920,11 +941,16 @@ def _bwd_kernel(u_ptr, dt_ptr, z_ptr, dy_ptr, A_ptr, D_ptr, bias_ptr, B_ptr, C_p
         R, HAS_Z, STATES, not SUMMARY, NP, SA, EVEN, GROUPED)
     # The chunk-start checkpoints are prefetched with the inputs: with one
     # run per chunk (14x14 maps) their load latency was exposed every chunk.
-    ck = _carry((b * dim + d) * NCH * N + nk, SA)
+    # (in either layout, see _ckpt_off; the channel stride ck_sd is not
+    # specialised: with the checkpoints' channels known contiguous Triton
+    # laid the backward out otherwise, and the H100 ran the bf16 stage-3
+    # backward of B in 134 us instead of 118)
+    ck = _carry(b * ck_sb + d * ck_sd + nk, SA)
+    ck_chunk = ck_sc
     ck_mask = _carry(kmask, SA)
     h0_n = tl.zeros(ck.shape, tl.float32)
     if not SUMMARY:
-        h0_n = tl.load(ckpt_ptr + ck + (c_end - 1) * N, mask=ck_mask & (c_start < c_end),
+        h0_n = tl.load(ckpt_ptr + ck + (c_end - 1) * ck_chunk, mask=ck_mask & (c_start < c_end),
                        other=0.0)
     for j in range(0, c_end - c_start):
         c = c_end - 1 - j
@@ -936,7 +962,7 @@ def _bwd_kernel(u_ptr, dt_ptr, z_ptr, dy_ptr, A_ptr, D_ptr, bias_ptr, B_ptr, C_p
             R, HAS_Z, STATES, not SUMMARY, NP, SA, EVEN, GROUPED)
         h0 = h0_n
         if not SUMMARY:
-            h0_n = tl.load(ckpt_ptr + ck + (c - 1) * N, mask=ck_mask & (c - 1 >= c_start),
+            h0_n = tl.load(ckpt_ptr + ck + (c - 1) * ck_chunk, mask=ck_mask & (c - 1 >= c_start),
                            other=0.0)
         o, ii, valid = _slots(runs, n_outer, n_inner, R, SA, EVEN)
         ro, rj = runs
@@ -1185,7 +1211,20 @@ def ckpt_shape(u: torch.Tensor, B: torch.Tensor, codes: Sequence[int]) -> Tuple[
     """Shape of the chunk-start state checkpoints the forward saves."""
     batch, dim, height, width = map_shape(u)
     cfg = scan_config(batch, dim, B.shape[1], B.shape[2], height, width, codes, u.is_cuda)
-    return (batch, dim, cfg['NCH'], B.shape[2])
+    return _ckpt_shape(batch, dim, B.shape[2], cfg)
+
+
+def _ckpt_shape(batch: int, dim: int, n_state: int, cfg: Dict[str, int]) -> Tuple[int, ...]:
+    """(batch, dim, NCH, N), or chunk-major with ``CK_CM`` (see :func:`_ckpt_off`)."""
+    if cfg['CK_CM']:
+        return (batch, cfg['NCH'], dim + dim % 2, n_state)
+    return (batch, dim, cfg['NCH'], n_state)
+
+
+def _ckpt_strides(ckpt: torch.Tensor, cfg: Dict[str, int]) -> Tuple[int, int, int]:
+    """Strides of a checkpoint buffer's batch, chunk and channel."""
+    s = ckpt.stride()
+    return (s[0], s[1], s[2]) if cfg['CK_CM'] else (s[0], s[2], s[1])
 
 
 def selective_scan_2d_fwd_triton(u, delta, A, B, C, codes: List[int], D=None, z=None,
@@ -1197,7 +1236,7 @@ def selective_scan_2d_fwd_triton(u, delta, A, B, C, codes: List[int], D=None, z=
     Returns:
         y (batch, dim, H, W) laid out like u, in ``out_dtype`` (default u's) (with ``C=None``
         the states (batch, dim, N, H, W), contiguous fp32); the last state
-        (batch, dim, N) fp32; chunk-start checkpoints (batch, dim, NCH, N) fp32.
+        (batch, dim, N) fp32; chunk-start checkpoints fp32 (see :func:`_ckpt_shape`).
     """
     groups, n_state = B.shape[1], B.shape[2]
     batch, dim, height, width = map_shape(u)
@@ -1213,7 +1252,7 @@ def selective_scan_2d_fwd_triton(u, delta, A, B, C, codes: List[int], D=None, z=
         y_strides = y_strides[:3] + (0,) + y_strides[3:]
     _check_item_size(u, delta, z, y, B, C)
     last = u.new_empty((batch, dim, n_state), dtype=torch.float32)
-    ckpt = u.new_empty((batch, dim, cfg['NCH'], n_state), dtype=torch.float32)
+    ckpt = u.new_empty(_ckpt_shape(batch, dim, n_state, cfg), dtype=torch.float32)
     dirs = pack_directions(codes)
     A32 = _vec(A, None)
     D32, bias32 = _vec(D, A32), _vec(delta_bias, A32)
@@ -1232,7 +1271,8 @@ def selective_scan_2d_fwd_triton(u, delta, A, B, C, codes: List[int], D=None, z=
     common = dict(BD=cfg['BD'], NP=cfg['NP'], R=cfg['R'], NJ=cfg['NJ'], HAS_D=D is not None,
                   HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
                   SOFTPLUS=bool(delta_softplus), num_warps=cfg['num_warps'],
-                  EVEN=height % cfg['R'] == 0 and width % cfg['R'] == 0, **layout)
+                  EVEN=height % cfg['R'] == 0 and width % cfg['R'] == 0, CK_CM=cfg['CK_CM'],
+                  **layout)
     with _device_ctx(u):
         for summary in ((True, False) if nseg > 1 else (False,)):
             _fwd_kernel[grid](
@@ -1306,7 +1346,8 @@ def selective_scan_2d_bwd_triton(dy, dlast, u, delta, A, B, C, codes: List[int],
     with _device_ctx(u):
         for summary in ((True, False) if nseg > 1 else (False,)):
             _bwd_kernel[grid](
-                u, delta, zz, dy, A32, D32, bias32, B, B if states else C, ckpt, dl, summ[0],
+                u, delta, zz, dy, A32, D32, bias32, B, B if states else C, ckpt,
+                *_ckpt_strides(ckpt, cfg), dl, summ[0],
                 summ[1], du, ddt, dzz, dB, dB if states else dC, dA_p, dD_p, dbias_p, dirs,
                 dim, dim // groups, height, width, n_state, cfg['NCH'], nseg, cfg['CPS'],
                 cfg['N_DT'], st['u'], st['delta'], st['z'], _halve(dy_strides, layout), st['du'],

@@ -40,6 +40,7 @@ CASES = [
     (2, 6, 1, 16, 2, 3, ('rl',), True, False, True, True),
     (1, 12, 2, 4, 6, 2, ('tb', 'rl'), False, False, False, True),   # 6 channels/group: 2 tiles, atomics
     (1, 4, 2, 1, 1, 1, ('lr', 'bt'), True, True, True, True),       # L = 1
+    (2, 9, 3, 1, 4, 3, ('rl', 'tb', 'lr'), True, False, True, True),  # odd dim: padded checkpoints
 ]
 
 
@@ -168,6 +169,29 @@ def test_channel_pairs_need_a_pair_per_thread(gpu_heuristic):
     cfg = dict(NP=1, BD=128, NJ=1, num_warps=4)
     assert gpu_heuristic._layout(cfg, 4, 87, nhwc)['VEC'] == 1
     assert gpu_heuristic._layout(dict(cfg, num_warps=2), 4, 87, nhwc)['VEC'] == 2
+
+
+@pytest.mark.parametrize('ck_cm', [0, 1])
+@pytest.mark.parametrize('dim, layout', [(12, 'channels_last'), (9, 'channels_last'),
+                                         (12, 'grouped')])
+def test_checkpoint_layouts(ck_cm, dim, layout, kernel_device, scan_override):
+    """Both layouts of the chunk-start checkpoints (channel-major, or
+    chunk-major with the row rounded up to an even channel count): forward
+    and every gradient against float64, over several chunks; the buffer's
+    shape as ``ckpt_shape`` (the fake kernel's) says."""
+    from mmgroupmamba.ops import triton_scan
+    scan_override(BD=4, R=2, NJ=2, num_warps=1, num_warps_bwd=1, CK_CM=ck_cm)
+    dirs = ('lr', 'tb', 'rl')
+    inp = make_inputs(2, dim, 3, 1, 4, 5, layout=layout, device=kernel_device, seed=dim + ck_cm)
+    _check(inp, dirs, True, dy_like_y=True)
+    u = inp['u'].detach()
+    _, _, ckpt = triton_scan.selective_scan_2d_fwd_triton(
+        u, inp['delta'].detach(), inp['A'].detach(), inp['B'].detach(), inp['C'].detach(),
+        [0, 1, 2], delta_softplus=True)
+    nch = triton_scan.scan_config(2, dim, 3, 1, 4, 5, [0, 1, 2], False)['NCH']
+    assert nch > 1
+    want = (2, nch, dim + dim % 2, 1) if ck_cm else (2, dim, nch, 1)
+    assert ckpt.shape == want == triton_scan.ckpt_shape(u, inp['B'], [0, 1, 2])
 
 
 @pytest.mark.parametrize('channels_last', [False, True])
