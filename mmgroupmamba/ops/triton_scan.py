@@ -521,23 +521,9 @@ def _sum_states(x, BD: tl.constexpr, NP: tl.constexpr):
 def _shfl_xor(x, MASK: tl.constexpr):
     """x of lane ``lane ^ MASK`` (a butterfly shuffle of fp32; compiled only:
     the interpreter runs no PTX)."""
-    xi = x.to(tl.int32, bitcast=True)
-    if MASK == 16:
-        r = tl.inline_asm_elementwise('shfl.sync.bfly.b32 $0, $1, 16, 0x1f, 0xffffffff;',
-                                      '=r,r', [xi], dtype=tl.int32, is_pure=True, pack=1)
-    elif MASK == 8:
-        r = tl.inline_asm_elementwise('shfl.sync.bfly.b32 $0, $1, 8, 0x1f, 0xffffffff;',
-                                      '=r,r', [xi], dtype=tl.int32, is_pure=True, pack=1)
-    elif MASK == 4:
-        r = tl.inline_asm_elementwise('shfl.sync.bfly.b32 $0, $1, 4, 0x1f, 0xffffffff;',
-                                      '=r,r', [xi], dtype=tl.int32, is_pure=True, pack=1)
-    elif MASK == 2:
-        r = tl.inline_asm_elementwise('shfl.sync.bfly.b32 $0, $1, 2, 0x1f, 0xffffffff;',
-                                      '=r,r', [xi], dtype=tl.int32, is_pure=True, pack=1)
-    else:
-        tl.static_assert(MASK == 1)
-        r = tl.inline_asm_elementwise('shfl.sync.bfly.b32 $0, $1, 1, 0x1f, 0xffffffff;',
-                                      '=r,r', [xi], dtype=tl.int32, is_pure=True, pack=1)
+    r = tl.inline_asm_elementwise('shfl.sync.bfly.b32 $0, $1, $2, 0x1f, 0xffffffff;', '=r,r,r',
+                                  [x.to(tl.int32, bitcast=True), tl.full(x.shape, MASK, tl.int32)],
+                                  dtype=tl.int32, is_pure=True, pack=1)
     return r.to(tl.float32, bitcast=True)
 
 
