@@ -220,12 +220,12 @@ def scan_config(batch: int, dim: int, groups: int, n_state: int, height: int, wi
     warps = ov.get('num_warps_bwd' if backward else 'num_warps', warps)
     # Checkpoints chunk-major where the sequences have many chunks (measured
     # on an H100, docs/benchmarks.md: B stage 1, 98 chunks, forward 291 ->
-    # 283 us, bf16 327 -> 288; Mask R-CNN stage 3, 525 chunks, 35.5 -> 33;
+    # 283 us, bf16 327 -> 288; Mask R-CNN stage 3, 525 chunks, 35.0 -> 32.6;
     # with 25 chunks, T stages 2-3, it was 2-3% slower in fp32).
     ck_cm = ov.get('CK_CM', int(nch >= 64))
     cfg = dict(BD=bd, NP=np_, R=r, NJ=nj, NCH=nch, CPS=cps, NSEG=_cdiv(nch, cps), N_DT=n_dt,
-               CK_CM=ck_cm,
-               num_warps=warps, VEC=ov.get('VEC', 2), LANE_SUMS=ov.get('LANE_SUMS', 1))
+               CK_CM=ck_cm, num_warps=warps, VEC=ov.get('VEC', 2),
+               LANE_SUMS=ov.get('LANE_SUMS', 1))
     if single and 'num_warps' not in ov:
         cfg['num_warps_single'] = single
     return cfg
@@ -540,7 +540,7 @@ def _scatter_step(lo, hi, lane, MASK: tl.constexpr):
 def _lane_sums(xb, xc, BD: tl.constexpr):
     """Sums over the channels of two tiles [NJ, R, BD] with NJ * R = 8 and
     channel c in lane c % 32 of warp c // 32 (``LANE_SUMS``, see
-    :func:`_bwd_lane_sums`): a reduce-scatter over lanes 16, 8, 4, 2 apart,
+    :func:`_lane_sums_fit`): a reduce-scatter over lanes 16, 8, 4, 2 apart,
     a butterfly over 1, then a sum over the warps. Returns [32]: lane l holds
     the sum of xc if l & 16 else xb, at step f = 4 (l >> 1 & 1) + 2 (l >> 2
     & 1) + (l >> 3 & 1) of the tile (f = run * R + step in the run). A
@@ -932,11 +932,10 @@ def _bwd_kernel(u_ptr, dt_ptr, z_ptr, dy_ptr, A_ptr, D_ptr, bias_ptr, B_ptr, C_p
     # laid the backward out otherwise, and the H100 ran the bf16 stage-3
     # backward of B in 134 us instead of 118)
     ck = _carry(b * ck_sb + d * ck_sd + nk, SA)
-    ck_chunk = ck_sc
     ck_mask = _carry(kmask, SA)
     h0_n = tl.zeros(ck.shape, tl.float32)
     if not SUMMARY:
-        h0_n = tl.load(ckpt_ptr + ck + (c_end - 1) * ck_chunk, mask=ck_mask & (c_start < c_end),
+        h0_n = tl.load(ckpt_ptr + ck + (c_end - 1) * ck_sc, mask=ck_mask & (c_start < c_end),
                        other=0.0)
     for j in range(0, c_end - c_start):
         c = c_end - 1 - j
@@ -948,7 +947,7 @@ def _bwd_kernel(u_ptr, dt_ptr, z_ptr, dy_ptr, A_ptr, D_ptr, bias_ptr, B_ptr, C_p
             R, HAS_Z, STATES, not SUMMARY, NP, SA, EVEN, GROUPED)
         h0 = h0_n
         if not SUMMARY:
-            h0_n = tl.load(ckpt_ptr + ck + (c - 1) * ck_chunk, mask=ck_mask & (c - 1 >= c_start),
+            h0_n = tl.load(ckpt_ptr + ck + (c - 1) * ck_sc, mask=ck_mask & (c - 1 >= c_start),
                            other=0.0)
         o, ii, valid = _slots(runs, n_outer, n_inner, R, SA, EVEN)
         ro, rj = runs

@@ -40,7 +40,7 @@ CASES = [
     (2, 6, 1, 16, 2, 3, ('rl',), True, False, True, True),
     (1, 12, 2, 4, 6, 2, ('tb', 'rl'), False, False, False, True),   # 6 channels/group: 2 tiles, atomics
     (1, 4, 2, 1, 1, 1, ('lr', 'bt'), True, True, True, True),       # L = 1
-    (2, 9, 3, 1, 4, 3, ('rl', 'tb', 'lr'), True, False, True, True),  # odd dim: padded checkpoints
+    (2, 9, 3, 1, 4, 3, ('rl', 'tb', 'lr'), True, False, True, True),  # odd channel count
 ]
 
 
