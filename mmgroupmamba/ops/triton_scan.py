@@ -1139,7 +1139,10 @@ def _lane_sums_fit(cfg: Dict[str, int], layout: Dict[str, int], per: int,
     a thread per channel (steps inside a thread, single channels, where
     Triton cannot prove pairs either) and a channel per lane (``BD = 32 *
     warps``), 8 steps a thread (``NJ * R``): GroupMamba's stage-3 tiles.
-    ``cfg['LANE_SUMS']`` = 0 turns it off (a test and benchmark hook)."""
+    The backward's host adds what the stores need: dB and dC stored
+    directly (one tile per group, not the states mode) and of one dtype
+    (one store takes both). ``cfg['LANE_SUMS']`` = 0 turns it off (a test
+    and benchmark hook)."""
     return (not _INTERPRET and cfg.get('LANE_SUMS', 1) == 1 and cfg['NP'] == 1
             and layout['SA'] == 1 and layout['VEC'] == 1
             and not _proven(per, layout['GROUPED'], *strides)
