@@ -279,16 +279,21 @@ def _softplus(x, FAST_EXP: tl.constexpr):
     then within 1.5e-6 relative (rounding 1 + e in fp32 alone gives 7e-7).
     The interpreter has no libdevice and takes ``tl.log`` there.
 
+    e^x is taken of min(x, 20), a minimum that propagates NaN: the default
+    one returns its other operand, and a NaN delta became softplus 20, a
+    finite y where the reference gives NaN.
+
     ``FAST_EXP`` takes :func:`_exp` for e^x, else ``tl.exp``: the backward
     keeps ``tl.exp`` here because with :func:`_exp` ptxas issued half of
     its prefetch loads about 120 instructions later in the stage-3 loop,
     which then waited on memory (ncu: long-scoreboard stalls 0.11 -> 0.60
     per issued instruction) and ran 9% slower on an H100.
     """
+    xc = tl.minimum(x, 20.0, propagate_nan=tl.PropagateNan.ALL)
     if FAST_EXP:
-        e = _exp(tl.minimum(x, 20.0))
+        e = _exp(xc)
     else:
-        e = tl.exp(tl.minimum(x, 20.0))
+        e = tl.exp(xc)
     # log1p(e) for e < 1/8, 7 terms: truncation < (1/8)^7 / 8 < 1e-7 relative
     series = e * (1.0 + e * (-0.5 + e * (0.3333333333333333 + e * (
         -0.25 + e * (0.2 + e * (-0.16666666666666666 + e * 0.14285714285714285))))))

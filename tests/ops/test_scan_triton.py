@@ -515,3 +515,39 @@ def test_item_size_guard():
     _check_item_size(torch.empty((4, 2 ** 31 - 1), device='meta'), None)
     with pytest.raises(ValueError, match='2\\*\\*31'):
         _check_item_size(torch.empty((1, 64, 2 ** 25), device='meta'))
+
+
+def _softplus_probe(x: torch.Tensor, device: str):
+    """y and d y / d delta of one step (L = 1) with u = B = C = 1, D = 0 and
+    delta = x, channel by channel: softplus(x) and its derivative."""
+    dim = x.numel()
+    delta = x.reshape(1, dim, 1).to(device).requires_grad_(True)
+    ones = torch.ones(1, dim, 1, device=device)
+    y = selective_scan(ones, delta, -torch.ones(dim, 1, device=device),
+                       torch.ones(1, 1, 1, device=device), torch.ones(1, 1, 1, device=device),
+                       delta_softplus=True, backend='triton')
+    y.sum().backward()
+    return y.detach().reshape(-1).cpu(), delta.grad.reshape(-1).cpu()
+
+
+def test_softplus_over_its_whole_range(kernel_device):
+    """delta from -40 to 40: the kernels' softplus (a series for small e^x,
+    the log elsewhere, x itself above 20) and its derivative, element by
+    element against float64."""
+    x = torch.cat([torch.linspace(-40, 40, 401), torch.tensor([-2.08, -2.07, 19.99, 20.01])])
+    y, dx = _softplus_probe(x, kernel_device)
+    x64 = x.double()
+    torch.testing.assert_close(y.double(), torch.nn.functional.softplus(x64), rtol=5e-6, atol=0)
+    torch.testing.assert_close(dx.double(), torch.sigmoid(x64), rtol=5e-6, atol=0)
+
+
+def test_nan_delta_gives_nan(kernel_device):
+    """A NaN in delta reaches y as NaN, as in the reference, and nowhere else
+    (the clamp before the exponential must not turn it into a number)."""
+    x = torch.tensor([-3.0, float('nan'), 0.5, 30.0])
+    y, dx = _softplus_probe(x, kernel_device)
+    assert torch.isnan(y).tolist() == [False, True, False, False]
+    assert torch.isnan(dx).tolist() == [False, True, False, False]
+    torch.testing.assert_close(y[[0, 2, 3]].double(),
+                               torch.nn.functional.softplus(x[[0, 2, 3]].double()),
+                               rtol=5e-6, atol=0)
