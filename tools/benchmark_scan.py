@@ -19,7 +19,12 @@ states mode (fp32 states out, no C): fwd = batch * L * (dim * (2 s + 4 N) + G N 
 bwd = batch * L * (dim * (4 s + 4 N) + G N (s + 4)).
 
 Our times are device times replayed from a CUDA graph (the "with launch" column adds the
-Python/Triton launch overhead of an eager call).
+Python/Triton launch overhead of an eager call). The "u + delta" column times
+``torch.add(u, delta, out=y)`` on the case's own maps: the forward's main bytes
+(two maps read, one written) moved in storage order, a measured floor for the
+layout. ``--directions`` sets the four groups' directions (default GroupMamba's
+lr, tb, rl, bt) and ``--core-only`` drops D, delta_bias and softplus: what the
+mix of directions and the per-element extras cost.
 
 Usage: python tools/benchmark_scan.py [--out results.md] [--no-reference] [--cases 0,6]
 """
@@ -37,7 +42,8 @@ from triton.testing import do_bench, do_bench_cudagraph
 
 sys.path.insert(0, __file__.rsplit('/tools/', 1)[0] if '/tools/' in __file__ else '.')
 from mmgroupmamba.ops import triton_scan  # noqa: E402
-from mmgroupmamba.ops.reference import CHUNK, selective_scan_2d_ref  # noqa: E402
+from mmgroupmamba.ops.reference import (CHUNK, DIRECTIONS, direction_code,  # noqa: E402
+                                        selective_scan_2d_ref)
 
 DIRS = [0, 1, 2, 3]  # lr, tb, rl, bt: one per group
 CASES = [
@@ -153,21 +159,24 @@ def bench_device(fn: Callable[[], object]) -> float:
     return do_bench_cudagraph(fn, rep=200, return_mode='median') * 1e3
 
 
-def ref_times(t: Dict, compiled: bool) -> Dict[str, Optional[float]]:
-    """Reference forward and forward+backward-only times (us), or None."""
+def ref_times(t: Dict, dirs: List[int], extras: Dict, compiled: bool
+              ) -> Dict[str, Optional[float]]:
+    """Reference forward and forward+backward-only times (us), or None;
+    ``extras``: the D, delta_bias and delta_softplus arguments."""
     f = selective_scan_2d_ref
     # the timing loop reruns the backward on one graph
     torch._functorch.config.donated_buffer = False
     if compiled:
         f = torch.compile(selective_scan_2d_ref)
-    leaves = {k: v.detach().requires_grad_(True) for k, v in t.items()}
+    leaves = {k: v.detach().requires_grad_(True) for k, v in t.items()
+              if k in ('u', 'delta', 'A', 'B', 'C') or extras.get(k) is not None}
+    soft = extras['delta_softplus']
 
     def fwd():
         with torch.no_grad():
-            return f(t['u'], t['delta'], t['A'], t['B'], t['C'], DIRS, D=t['D'],
-                     delta_bias=t['delta_bias'], delta_softplus=True)
-    y = f(leaves['u'], leaves['delta'], leaves['A'], leaves['B'], leaves['C'], DIRS,
-          D=leaves['D'], delta_bias=leaves['delta_bias'], delta_softplus=True)
+            return f(t['u'], t['delta'], t['A'], t['B'], t['C'], dirs, **extras)
+    y = f(leaves['u'], leaves['delta'], leaves['A'], leaves['B'], leaves['C'], dirs,
+          D=leaves.get('D'), delta_bias=leaves.get('delta_bias'), delta_softplus=soft)
     dy = torch.randn_like(y)
 
     def bwd():
@@ -196,6 +205,13 @@ def main() -> None:
                         help='u and delta as grouped maps, each group\'s map contiguous (a '
                              '(G, batch, H, W, per) buffer; states-mode cases keep '
                              '--channels-last maps)')
+    parser.add_argument('--directions', default='lr,tb,rl,bt',
+                        help="the four groups' scan directions, comma-separated (default "
+                             "GroupMamba's 'lr,tb,rl,bt'; e.g. 'lr,lr,lr,lr' to time one "
+                             "direction); the states-mode cases keep their one 'lr' scan")
+    parser.add_argument('--core-only', action='store_true',
+                        help='scan without D, delta_bias and softplus (what the recurrence '
+                             'alone costs)')
     parser.add_argument('--check', action='store_true',
                         help='also report the forward\'s relative error against the reference')
     parser.add_argument('--cases', default=None, help='comma-separated case indices (default: all)')
@@ -203,6 +219,10 @@ def main() -> None:
                         help='skip torch.compile of the reference above this many chunks '
                              '(its chunk loop is unrolled; compile time grows with it)')
     args = parser.parse_args()
+    group_dirs = [direction_code(d) for d in args.directions.split(',')]
+    if len(group_dirs) != 4:
+        parser.error(f'--directions: expected four comma-separated directions (one per '
+                     f'group), got {args.directions!r}')
 
     cases = CASES if args.cases is None else [CASES[int(i)] for i in args.cases.split(',')]
     configs = [None] if args.configs is None else [
@@ -225,7 +245,8 @@ def main() -> None:
     head = (f'device: {props.name} ({props.multi_processor_count} SMs), torch {torch.__version__}, '
             f'triton {triton.__version__}; measured copy bandwidth {bw / 1e9:.0f} GB/s; maps '
             + ('grouped' if args.grouped_maps else 'channels-last' if args.channels_last
-               else 'contiguous'))
+               else 'contiguous') + f'; directions {args.directions}'
+            + ('; core only (no D, delta_bias, softplus)' if args.core_only else ''))
     print(head, flush=True)
     rows: List[Dict] = []
     for (name, batch, per, height, width, off_f, off_b, groups, states), dtype, override in jobs:
@@ -234,17 +255,20 @@ def main() -> None:
         t = make(batch, per, height, width, dtype, groups, args.channels_last,
                  args.grouped_maps and not states)
         dim, length = groups * per, height * width
-        dirs = DIRS[:groups]
-        C, D = (None, None) if states else (t['C'], t['D'])
+        dirs = DIRS[:groups] if states else group_dirs
+        extras = (dict(D=None, delta_bias=None, delta_softplus=False) if args.core_only
+                  else dict(D=t['D'], delta_bias=t['delta_bias'], delta_softplus=True))
+        C, D = (None, None) if states else (t['C'], extras['D'])
         cfg, cfg_b = (triton_scan.scan_config(batch, dim, groups, 1, height, width, dirs, True,
                                               backward=b, states=states) for b in (False, True))
         fwd = lambda: triton_scan.selective_scan_2d_fwd_triton(  # noqa: E731
-            t['u'], t['delta'], t['A'], t['B'], C, dirs, D, None, t['delta_bias'], True)
+            t['u'], t['delta'], t['A'], t['B'], C, dirs, D, None, extras['delta_bias'],
+            extras['delta_softplus'])
         y, last, ckpt = fwd()
         dy = torch.randn_like(y)
         bwd = lambda: triton_scan.selective_scan_2d_bwd_triton(  # noqa: E731
             dy, None, t['u'], t['delta'], t['A'], t['B'], C, dirs, ckpt, D, None,
-            t['delta_bias'], True)
+            extras['delta_bias'], extras['delta_softplus'])
         bwd()
         torch.cuda.synchronize()
         if args.warm_only:
@@ -256,16 +280,23 @@ def main() -> None:
                             num_warps_single=cfg.get('num_warps_single')),
                    fwd_us=bench_device(fwd), bwd_us=bench_device(bwd),
                    fwd_us_with_launch=bench(fwd), bwd_us_with_launch=bench(bwd),
-                   official_fwd_us=off_f, official_bwd_us=off_b, override=override)
+                   official_fwd_us=off_f, official_bwd_us=off_b, override=override,
+                   directions=[DIRECTIONS[c] for c in dirs], core_only=args.core_only)
+        if not states:
+            # The forward's main bytes moved by an elementwise op: u and delta
+            # read and y written once, in the maps' storage order (no scan
+            # order): the floor this layout and these bytes allow.
+            out = torch.empty_like(y)
+            row['elementwise_us'] = bench_device(
+                lambda: torch.add(t['u'], t['delta'], out=out))
         s = 4 if dtype == torch.float32 else 2
         bf, bb = bytes_moved(batch, dim, length, s, groups, states=states)
         if states:
             row['fusion_path'] = fusion_path_times(t)
         if args.check and not states:
             with torch.no_grad():
-                want = selective_scan_2d_ref(t['u'], t['delta'], t['A'], t['B'], t['C'], DIRS,
-                                             D=t['D'], delta_bias=t['delta_bias'],
-                                             delta_softplus=True).float()
+                want = selective_scan_2d_ref(t['u'], t['delta'], t['A'], t['B'], t['C'], dirs,
+                                             **extras).float()
             row['fwd_rel_err'] = ((y.float() - want).norm() / want.norm()).item()
         row['fwd_GBps'] = bf / (row['fwd_us'] * 1e-6) / 1e9
         row['bwd_GBps'] = bb / (row['bwd_us'] * 1e-6) / 1e9
@@ -284,7 +315,7 @@ def main() -> None:
                     continue
                 try:
                     t0 = time.time()
-                    row[key] = ref_times(t, compiled)
+                    row[key] = ref_times(t, dirs, extras, compiled)
                     row[key + '_wall_s'] = time.time() - t0
                 except torch.OutOfMemoryError:
                     row[key] = 'OOM'
@@ -299,11 +330,11 @@ def main() -> None:
     lines = [head, '',
              '| case | dtype | cfg (BD fwd/bwd, R, NJ, segs, warps fwd/bwd; (n): fwd warps '
              'without channel pairs) | fwd µs | bwd µs '
-             '| fwd / bwd µs with launch | fwd floor / bwd floor µs '
+             '| fwd / bwd µs with launch | fwd floor / bwd floor µs | u + delta µs '
              '| fwd GB/s (frac) | bwd GB/s (frac) | official 1 group fwd / bwd µs '
              '| reference fwd / bwd µs | compiled reference fwd / bwd µs '
              '| fusion path fwd / bwd µs |',
-             '|---|---|---|---|---|---|---|---|---|---|---|---|---|']
+             '|---|---|---|---|---|---|---|---|---|---|---|---|---|---|']
 
     def single(c):  # forward warps where the maps allow no channel pairs
         return '' if c.get('num_warps_single') is None else f" ({c['num_warps_single']})"
@@ -311,6 +342,7 @@ def main() -> None:
         c = r['cfg']
         off = ('–' if r['official_fwd_us'] is None
                else f"{r['official_fwd_us']} / {r['official_bwd_us']}")
+        ew = '–' if r.get('elementwise_us') is None else f"{r['elementwise_us']:.1f}"
         lines.append(
             f"| {r['case']} | {r['dtype']} "
             f"| {c['BD']}/{c['BD_bwd']}, {c['R']}, {c['NJ']}, {c['NSEG']}, "
@@ -318,6 +350,7 @@ def main() -> None:
             f"| {r['fwd_us']:.1f} | {r['bwd_us']:.1f} "
             f"| {r['fwd_us_with_launch']:.0f} / {r['bwd_us_with_launch']:.0f} "
             f"| {r['fwd_floor_us']:.0f} / {r['bwd_floor_us']:.0f} "
+            f"| {ew} "
             f"| {r['fwd_GBps']:.0f} ({r['fwd_frac']:.0%}) "
             f"| {r['bwd_GBps']:.0f} ({r['bwd_frac']:.0%}) "
             f"| {off} | {fmt(r.get('ref'))} | {fmt(r.get('compiled_ref'))} "
