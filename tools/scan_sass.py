@@ -13,6 +13,7 @@ compare, e.g. ``pip install triton==3.6.0`` beside a CPU torch).
 Usage:
     python tools/scan_sass.py 16,56,56                  # GroupMamba-T stage 1, both passes
     python tools/scan_sass.py 87,14,14 --pass bwd --lines 25
+    python tools/scan_sass.py 87,14,14 --pass fwd --waits   # loads waited on too early
     python tools/scan_sass.py 24,56,56 --dtype bfloat16 --set BD=8 --dump /tmp/sass  # + IR
 CASE is ``per,H,W`` (channels per group of 4 groups, map size).
 """
@@ -142,6 +143,40 @@ def line_profile(body: List[str], top: int) -> None:
               f'{dict(ops[key].most_common(4))}')
 
 
+def exposed_loads(hex_sass: str) -> List[str]:
+    """Loop instructions that wait on a scoreboard while a global load issued
+    earlier in the same iteration is counted on it, so that the iteration
+    waits out that load's latency (ptxas shares six scoreboards among the
+    loads, the MUFU results and shared memory). Read from the control bits
+    that ``nvdisasm -hex`` prints as each instruction's second word (sm_70
+    and later: from bit 41, stall 4 bits, yield 1, write barrier 3, read
+    barrier 3, wait mask 6; barrier 7 is none). Loads pending from the
+    previous iteration (the prefetch) are not counted: their wait is due."""
+    lines = hex_sass.splitlines()
+    high_word = {re.search(r'/\*([0-9a-f]{4})\*/', l).group(1):
+                 int(re.search(r'/\* (0x[0-9a-f]{16}) \*/', lines[i + 1]).group(1), 16)
+                 for i, l in enumerate(lines) if _INSTR.match(l)}
+    pending: Dict[int, List[int]] = defaultdict(list)
+    found, pos = [], 0
+    for l in loop_body(hex_sass):
+        m = _INSTR.match(l)
+        if not m:
+            continue
+        high = high_word[re.search(r'/\*([0-9a-f]{4})\*/', l).group(1)]
+        write_barrier, wait = (high >> 46) & 7, (high >> 52) & 63
+        for sb in range(6):
+            if wait >> sb & 1:
+                if pending[sb]:
+                    text = l.split('*/', 1)[1].split(';')[0].strip()
+                    found.append(f'waits on SB{sb} at {pos}: {text} (loads issued at '
+                                 f'{pending[sb]})')
+                pending[sb] = []
+        if m.group(2).startswith('LDG') and write_barrier != 7:
+            pending[write_barrier].append(pos)
+        pos += 1
+    return found
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('case', help='per,H,W (channels per group, map size)')
@@ -154,6 +189,9 @@ def main() -> None:
                         help="triton_scan.CONFIG_OVERRIDE entries, e.g. BD=8 num_warps_bwd=2")
     parser.add_argument('--lines', type=int, default=0,
                         help='print the loop\'s N source lines with the most instructions')
+    parser.add_argument('--waits', action='store_true',
+                        help='list the loop\'s waits on loads issued in the same iteration '
+                             '(see exposed_loads)')
     parser.add_argument('--dump', default=None,
                         help='write each kernel\'s SASS and Triton GPU IR (its layouts) to '
                              'DIR/NAME.sass and DIR/NAME.ttgir')
@@ -184,6 +222,11 @@ def main() -> None:
               f'chunk loop {n_loop}; {flags}')
         if args.lines:
             line_profile(body, args.lines)
+        if args.waits:
+            hex_sass = subprocess.run([os.path.join(BIN, 'nvdisasm'), '-c', '-hex', path],
+                                      capture_output=True, text=True, check=True).stdout
+            for w in exposed_loads(hex_sass):
+                print('  ' + w)
         if args.dump:
             with open(os.path.join(args.dump, f'{name}.sass'), 'w') as f:
                 f.write(sass)
