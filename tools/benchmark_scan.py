@@ -258,6 +258,9 @@ def main() -> None:
         dirs = DIRS[:groups] if states else group_dirs
         extras = (dict(D=None, delta_bias=None, delta_softplus=False) if args.core_only
                   else dict(D=t['D'], delta_bias=t['delta_bias'], delta_softplus=True))
+        if args.core_only:
+            # without softplus, a negative delta would grow the state to inf
+            t['delta'] = t['delta'].abs()
         C, D = (None, None) if states else (t['C'], extras['D'])
         cfg, cfg_b = (triton_scan.scan_config(batch, dim, groups, 1, height, width, dirs, True,
                                               backward=b, states=states) for b in (False, True))
