@@ -518,8 +518,9 @@ def test_item_size_guard():
 
 
 def _softplus_probe(x: torch.Tensor, device: str):
-    """y and d y / d delta of one step (L = 1) with u = B = C = 1, D = 0 and
-    delta = x, channel by channel: softplus(x) and its derivative."""
+    """y and d y / d delta of one step (L = 1) with u = B = C = 1, no D (the
+    skip term is absent) and delta = x, channel by channel: softplus(x) and
+    its derivative."""
     dim = x.numel()
     delta = x.reshape(1, dim, 1).to(device).requires_grad_(True)
     ones = torch.ones(1, dim, 1, device=device)
