@@ -211,7 +211,8 @@ def main() -> None:
                              "direction); the states-mode cases keep their one 'lr' scan")
     parser.add_argument('--core-only', action='store_true',
                         help='scan without D, delta_bias and softplus (what the recurrence '
-                             'alone costs)')
+                             'alone costs); the states-mode cases then skip the fusion path, '
+                             'which runs as the model does')
     parser.add_argument('--check', action='store_true',
                         help='also report the forward\'s relative error against the reference')
     parser.add_argument('--cases', default=None, help='comma-separated case indices (default: all)')
@@ -294,7 +295,7 @@ def main() -> None:
                 lambda: torch.add(t['u'], t['delta'], out=out))
         s = 4 if dtype == torch.float32 else 2
         bf, bb = bytes_moved(batch, dim, length, s, groups, states=states)
-        if states:
+        if states and not args.core_only:  # the model's path, with its softplus and D
             row['fusion_path'] = fusion_path_times(t)
         if args.check and not states:
             with torch.no_grad():
