@@ -318,6 +318,34 @@ def test_fused_ssm_forward_backward_vs_per_group(hw):
         assert rel_err(p.grad, gout['ssm.' + n]) <= 1e-4, n
 
 
+@pytest.mark.parametrize('use_bmm', [False, True])
+def test_fused_ssm_gives_the_scan_group_major_inputs(monkeypatch, use_bmm):
+    """The layer hands the scan views of the projections' outputs (no
+    copies): u channels-last (the conv's output); delta, B and C stored group
+    by group, delta as (G, b, h, w, c), B and C as columns of x_proj's (G, b,
+    h, w, R + 2N) output. On the einsum path and on the batched-GEMM op's
+    (forced here: its rule needs CUDA)."""
+    import mmgroupmamba.models.groupmamba as gm
+    from mmgroupmamba.ops import linear as lin
+    monkeypatch.setattr(lin, '_use_bmm', lambda x, w: use_bmm)
+    seen = []
+    real = gm.selective_scan_2d
+    monkeypatch.setattr(gm, 'selective_scan_2d',
+                        lambda *a, **k: seen.append(a[:5]) or real(*a, **k))
+    b, h, w, C, G = 2, 5, 7, 72, 4
+    c, m, k = C // G, b * h * w, 4                # dt_rank 2, d_state 1: 4 columns of x_proj
+    layer = GroupedDirectionalSSM(C)
+    with torch.no_grad():
+        layer(torch.randn(b, h, w, C))
+    (u, delta, _, B, Cm), = seen
+    assert u.shape == delta.shape == (b, h, w, G, c)
+    assert u.stride() == (h * w * C, w * C, C, c, 1)
+    assert delta.stride() == (h * w * c, w * c, c, m * c, 1)
+    for t in (B, Cm):
+        assert t.shape == (b, h, w, G, 1) and t.stride()[:4] == (h * w * k, w * k, k, m * k)
+    assert Cm.storage_offset() - B.storage_offset() == 1 and B.storage_offset() % k == 2
+
+
 def test_pretrained_official_checkpoint_into_backbone(tmp_path):
     """init_cfg Pretrained with an official checkpoint (wrapped in 'model'):
     converted, class tail and heads dropped, the new stage-4 output norm
