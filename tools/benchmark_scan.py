@@ -24,7 +24,10 @@ Python/Triton launch overhead of an eager call). The "u + delta" column times
 (two maps read, one written) moved in storage order, a measured floor for the
 layout. ``--directions`` sets the four groups' directions (default GroupMamba's
 lr, tb, rl, bt) and ``--core-only`` drops D, delta_bias and softplus: what the
-mix of directions and the per-element extras cost.
+mix of directions and the per-element extras cost. ``--model-layouts`` gives the
+scan the layouts GroupMamba's layer passes it (u channels-last, delta grouped, B
+and C columns of x_proj's grouped output); ``--channels-last`` and ``--grouped-maps`` are
+the all-channels-last and all-grouped alternatives.
 
 Usage: python tools/benchmark_scan.py [--out results.md] [--no-reference] [--cases 0,6]
 """
@@ -82,12 +85,16 @@ def copy_bandwidth() -> float:
 
 
 def make(batch: int, per: int, height: int, width: int, dtype: torch.dtype,
-         groups: int = 4, channels_last: bool = False, grouped: bool = False) -> Dict:
+         groups: int = 4, channels_last: bool = False, grouped: bool = False,
+         model: bool = False) -> Dict:
     """Scan inputs; ``channels_last``: the maps are permuted views of
-    (batch, H, W, dim) and (batch, H, W, G, N) buffers, as GroupMamba's layer
-    passes them; ``grouped``: u and delta are grouped maps (batch, G, per, H,
-    W), views of a (G, batch, H, W, per) buffer (each group's map contiguous),
-    B and C as with ``channels_last``."""
+    (batch, H, W, dim) and (batch, H, W, G, N) buffers; ``grouped``: u and
+    delta are grouped maps (batch, G, per, H, W), views of a (G, batch, H, W,
+    per) buffer (each group's map contiguous), B and C as with
+    ``channels_last``; ``model``: as GroupMamba's layer passes them (see
+    ``GroupedDirectionalSSM.forward``): u channels-last, delta grouped, B
+    and C columns of one (G, batch, H, W, R + 2N) buffer (x_proj's output, R
+    = ceil(per / 16) dt columns first)."""
     n_state = 1
     dim = groups * per
     g = torch.Generator(device='cuda').manual_seed(0)
@@ -98,16 +105,23 @@ def make(batch: int, per: int, height: int, width: int, dtype: torch.dtype,
             return (buf * scale).to(dtype).permute(0, *range(3, len(shape)), 1, 2)
         return (torch.randn(*shape, device='cuda', generator=g) * scale).to(dtype)
 
-    def rnd_map(scale=1.0):
+    def rnd_map(scale=1.0, grouped=grouped):
         if grouped:
             buf = torch.randn(groups, batch, height, width, per, device='cuda', generator=g)
             return (buf * scale).to(dtype).permute(1, 0, 4, 2, 3)
         return rnd(batch, dim, height, width, scale=scale)
-    channels_last = channels_last or grouped
-    return dict(u=rnd_map(), delta=rnd_map(scale=0.5),
-                A=-(torch.rand(dim, n_state, device='cuda', generator=g) + 0.2),
-                B=rnd(batch, groups, n_state, height, width),
-                C=rnd(batch, groups, n_state, height, width),
+    channels_last = channels_last or grouped or model
+    if model:
+        rank = -(-per // 16)
+        x_dbl = torch.randn(groups, batch, height, width, rank + 2 * n_state, device='cuda',
+                            generator=g).to(dtype).permute(1, 0, 4, 2, 3)
+        B, C = x_dbl[:, :, rank:rank + n_state], x_dbl[:, :, rank + n_state:]
+        u, delta = rnd_map(grouped=False).unflatten(1, (groups, per)), rnd_map(0.5, True)
+    else:
+        u, delta = rnd_map(), rnd_map(scale=0.5)
+        B, C = (rnd(batch, groups, n_state, height, width) for _ in range(2))
+    return dict(u=u, delta=delta,
+                A=-(torch.rand(dim, n_state, device='cuda', generator=g) + 0.2), B=B, C=C,
                 D=torch.randn(dim, device='cuda', generator=g),
                 delta_bias=torch.randn(dim, device='cuda', generator=g) * 0.3)
 
@@ -200,7 +214,11 @@ def main() -> None:
                              "'CPS=4;CPS=8') (default: the heuristic)")
     parser.add_argument('--fp32-only', action='store_true')
     parser.add_argument('--channels-last', action='store_true',
-                        help='channels-last maps (permuted views), the GroupMamba layer\'s layout')
+                        help='channels-last maps (permuted views); B and C (batch, H, W, G, N)')
+    parser.add_argument('--model-layouts', action='store_true',
+                        help='the GroupMamba layer\'s layouts: u channels-last, delta grouped, '
+                             'B and C columns of x_proj\'s (G, batch, H, W, R + 2N) output '
+                             '(states-mode cases keep --channels-last maps)')
     parser.add_argument('--grouped-maps', action='store_true',
                         help='u and delta as grouped maps, each group\'s map contiguous (a '
                              '(G, batch, H, W, per) buffer; states-mode cases keep '
@@ -245,8 +263,9 @@ def main() -> None:
     bw = 3.0e12 if args.warm_only else copy_bandwidth()
     head = (f'device: {props.name} ({props.multi_processor_count} SMs), torch {torch.__version__}, '
             f'triton {triton.__version__}; measured copy bandwidth {bw / 1e9:.0f} GB/s; maps '
-            + ('grouped' if args.grouped_maps else 'channels-last' if args.channels_last
-               else 'contiguous') + f'; directions {args.directions}'
+            + ('grouped' if args.grouped_maps else 'the model\'s' if args.model_layouts
+               else 'channels-last' if args.channels_last else 'contiguous')
+            + f'; directions {args.directions}'
             + ('; core only (no D, delta_bias, softplus)' if args.core_only else ''))
     print(head, flush=True)
     rows: List[Dict] = []
@@ -254,7 +273,7 @@ def main() -> None:
         triton_scan.CONFIG_OVERRIDE.clear()
         triton_scan.CONFIG_OVERRIDE.update(override or {})
         t = make(batch, per, height, width, dtype, groups, args.channels_last,
-                 args.grouped_maps and not states)
+                 args.grouped_maps and not states, args.model_layouts and not states)
         dim, length = groups * per, height * width
         dirs = DIRS[:groups] if states else group_dirs
         extras = (dict(D=None, delta_bias=None, delta_softplus=False) if args.core_only
