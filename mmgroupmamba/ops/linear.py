@@ -37,7 +37,9 @@ meant for fp32 inference, and fp32 training through it stays correct.
 
 :func:`grouped_linear` is the grouped projection of GroupMamba's SSM (G
 independent maps on channel groups): in float32 CUDA inference a cuBLAS
-batched GEMM that reads and writes the groups in place, elsewhere an einsum.
+batched GEMM that reads and writes the groups in place, elsewhere an einsum;
+with a ``layout`` (:data:`GROUPED_LAYOUTS`) its output is stored in that
+memory order on every path.
 """
 import contextlib
 import os
