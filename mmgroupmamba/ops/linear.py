@@ -313,7 +313,7 @@ def _grouped_bmm(x: Tensor, w: Tensor, layout: str) -> Tensor:
     if layout == 'features':
         return torch.bmm(w.transpose(1, 2), x.transpose(1, 2)).transpose(1, 2)
     if layout == 'rows':
-        return torch.bmm(x, w, out=x.new_empty(x.shape[1], x.shape[0], w.shape[2]).transpose(0, 1))
+        return torch.bmm(x, w, out=_layout_buffer(x, w.shape[2], 'rows'))
     return torch.bmm(x, w)
 
 
@@ -387,10 +387,9 @@ def grouped_linear(x: Tensor, weight: Tensor, sizes: Optional[Sequence[int]] = N
         sizes: None (return y) or the split of N (return a tuple of parts).
         layout: None (contiguous parts on the inference path, the einsum's
             choice elsewhere) or one of :data:`GROUPED_LAYOUTS`, the memory
-            order of y (the parts are its views).
-            The selective scan reads maps whose cache lines each belong to
-            one group ('groups') and B/C contiguous per group ('features')
-            faster, see :class:`~mmgroupmamba.models.groupmamba.GroupedDirectionalSSM`.
+            order of y (the parts are its views). GroupMamba's SSM asks for
+            'groups': the selective scan reads maps whose cache lines each
+            belong to one group faster (see ``GroupedDirectionalSSM.forward``).
     """
     if weight.dim() != 3:
         raise ValueError(f'weight: expected (G, N, K), got {tuple(weight.shape)}')
