@@ -301,17 +301,18 @@ class GroupedDirectionalSSM(nn.Module):
         xs, z = grouped_linear(x.reshape(b, h, w, G, c), self.in_proj_weight, (c, c))
         xs = xs.reshape(b, h, w, dim).permute(0, 3, 1, 2)              # NCHW, channels-last memory
         xs = self.conv2d(xs).permute(0, 2, 3, 1).reshape(b, h, w, G, c)  # SiLU'd, a view
-        # The projections write their outputs group by group ('groups':
-        # (G, b, h, w, n) memory), so every cache line of delta, B and C
+        # The projections write their outputs group by group ((G, b, h, w,
+        # n) memory), so every cache line of delta, B and C
         # serves one scan direction: GroupMamba-T stage 1, fp32 on an H100,
         # scans in 153.7 / 291.2 us (forward / backward) against 171.6 / 331.1
         # with every map channels-last (docs/benchmarks.md). In training this
         # also drops the copies of delta and z into channels-last order.
-        # ('features', B and C each contiguous, scans no faster, and cuBLAS
-        # then runs x_proj as a slow small-N GEMM.)
-        x_dbl = grouped_linear(xs, self.x_proj_weight, layout='groups')
+        # (B and C each contiguous, x_proj's output stored (G, R + 2N, b, h,
+        # w), scan no faster, and cuBLAS then runs x_proj as a slow
+        # small-N GEMM.)
+        x_dbl = grouped_linear(xs, self.x_proj_weight, group_major=True)
         dts, Bs, Cs = x_dbl.split([R, N, N], dim=-1)                 # (b,h,w,G,R|N|N) views
-        delta = grouped_linear(dts, self.dt_projs_weight, layout='groups')  # (b,h,w,G,c)
+        delta = grouped_linear(dts, self.dt_projs_weight, group_major=True)  # (b,h,w,G,c)
         # The scan computes in float32 and returns float32 y (as upstream's
         # force_fp32); its map inputs stay in their (autocast) dtype: the
         # kernel upcasts on load, the same values without float32 copies.

@@ -38,8 +38,8 @@ meant for fp32 inference, and fp32 training through it stays correct.
 :func:`grouped_linear` is the grouped projection of GroupMamba's SSM (G
 independent maps on channel groups): in float32 CUDA inference a cuBLAS
 batched GEMM that reads and writes the groups in place, elsewhere an einsum;
-with a ``layout`` (:data:`GROUPED_LAYOUTS`) its output is stored in that
-memory order on every path.
+with ``group_major`` a batched GEMM everywhere, whose output holds each
+group's map contiguous.
 """
 import contextlib
 import os
@@ -296,49 +296,27 @@ def set_fp32_gemm(module: nn.Module, fp32_gemm: str) -> nn.Module:
 # ----------------------------------------------------------------------------
 # Grouped projections: G independent (K -> N) linear maps on channel groups.
 # ----------------------------------------------------------------------------
-#: Memory orders :func:`grouped_linear` can give its output (M rows, G
-#: groups, n outputs per group): 'rows' (M, G, n), each row's outputs
-#: together (channels-last maps); 'groups' (G, M, n), each group's map
-#: contiguous; 'features' (G, n, M), each output of each group contiguous
-#: over the rows.
-GROUPED_LAYOUTS = ('rows', 'groups', 'features')
-
-
-def _grouped_bmm(x: Tensor, w: Tensor, layout: str) -> Tensor:
-    """(G, M, K) @ (G, K, n) -> (G, M, n) stored in ``layout``'s order.
-    cuBLAS writes a contiguous result, so the operand order picks the
-    storage: 'features' is computed as (G, n, K) @ (G, K, M) and viewed
-    transposed; 'rows' is written into a (M, G, n) buffer through its strides
-    (an ``out=`` call: only outside autocast, i.e. in :func:`grouped_linear_bmm`)."""
-    if layout == 'features':
-        return torch.bmm(w.transpose(1, 2), x.transpose(1, 2)).transpose(1, 2)
-    if layout == 'rows':
-        return torch.bmm(x, w, out=_layout_buffer(x, w.shape[2], 'rows'))
-    return torch.bmm(x, w)
-
-
-def _layout_buffer(x: Tensor, n: int, layout: str) -> Tensor:
-    """An empty (G, M, n) tensor stored in ``layout``'s order, for x (G, M, K)."""
+def _out_buffer(x: Tensor, n: int, group_major: bool) -> Tensor:
+    """An empty (G, M, n) result for x (G, M, K): contiguous (each group's
+    rows together) with ``group_major``, else the view of a contiguous
+    (M, G, n) tensor (each row's groups together)."""
     g, m, _ = x.shape
-    if layout == 'features':
-        return x.new_empty(g, n, m).transpose(1, 2)
-    if layout == 'rows':
-        return x.new_empty(m, g, n).transpose(0, 1)
-    return x.new_empty(g, m, n)
+    return x.new_empty(g, m, n) if group_major else x.new_empty(m, g, n).transpose(0, 1)
 
 
 @torch.library.custom_op('mmgroupmamba::grouped_linear_bmm', mutates_args=())
-def grouped_linear_bmm(x: Tensor, weights: List[Tensor], layout: str = 'rows') -> List[Tensor]:
+def grouped_linear_bmm(x: Tensor, weights: List[Tensor], group_major: bool = False
+                       ) -> List[Tensor]:
     """One cuBLAS batched GEMM per weight, on group-strided views.
 
     Args:
         x: (G, M, K), typically the view ``rows.transpose(0, 1)`` of (M, G, K)
             rows (strides (K, G*K, 1)).
         weights: each (G, K, n), any strides with one of the last two unit.
-        layout: one of :data:`GROUPED_LAYOUTS`, the results' memory order.
+        group_major: store each result contiguous instead.
     Returns:
-        per weight, (G, M, n) stored in ``layout``'s order ('rows': strides
-        (n, G*n, 1), the view of a contiguous (M, G, n) tensor).
+        per weight, (G, M, n): contiguous with ``group_major``, else with
+        strides (n, G*n, 1), the view of a contiguous (M, G, n) tensor.
 
     cuBLAS reads and writes these views as they are (lda = G*K, ldc = G*n,
     batch strides K and n), so neither side is permuted into a copy. The
@@ -346,12 +324,12 @@ def grouped_linear_bmm(x: Tensor, weights: List[Tensor], layout: str = 'rows') -
     host, where a compiled step of the smaller models is nearly as long as
     its GPU work.
     """
-    return [_grouped_bmm(x, w, layout) for w in weights]
+    return [torch.bmm(x, w, out=_out_buffer(x, w.shape[2], group_major)) for w in weights]
 
 
 @grouped_linear_bmm.register_fake
-def _grouped_linear_bmm_fake(x, weights, layout='rows'):
-    return [_layout_buffer(x, w.shape[2], layout) for w in weights]
+def _grouped_linear_bmm_fake(x, weights, group_major=False):
+    return [_out_buffer(x, w.shape[2], group_major) for w in weights]
 
 
 @register_flop_formula(torch.ops.mmgroupmamba.grouped_linear_bmm)
@@ -366,29 +344,28 @@ def _use_bmm(x: Tensor, weight: Tensor) -> bool:
 
 
 def grouped_linear(x: Tensor, weight: Tensor, sizes: Optional[Sequence[int]] = None,
-                   layout: Optional[str] = None) -> Union[Tensor, Tuple[Tensor, ...]]:
+                   group_major: bool = False) -> Union[Tensor, Tuple[Tensor, ...]]:
     """Group-wise linear map without bias: ``y[..., g, :] = x[..., g, :] @
     weight[g].T``, i.e. ``einsum('...gk,gnk->...gn', x, weight)``, optionally
     split along N as ``y.split(sizes, -1)``.
 
     Float32 CUDA inference (no autocast, no gradient) runs batched cuBLAS
-    GEMMs on the group-strided views (:func:`grouped_linear_bmm`): without
-    ``layout`` one per part, each part contiguous. Compiled, the einsum made Inductor
+    GEMMs on the group-strided views (:func:`grouped_linear_bmm`): one per
+    part, each part contiguous. Compiled, the einsum made Inductor
     copy its input into (G, M, K) order and its output back, and a split part
     of in_proj's output was copied again before the depthwise conv; without
     those copies GroupMamba-B's fp32 inference step takes about 2 ms less
     device time on an H100 (docs/benchmarks.md). The GEMMs are the same
     SIMT fp32 ones, so the values are too. Everything else (training,
-    autocast, the CPU) takes the einsum, or with ``layout`` 'groups' or
-    'features' a batched GEMM on the same views.
+    autocast, the CPU) takes the einsum.
 
     Args:
         x: (..., G, K). weight: (G, N, K).
         sizes: None (return y) or the split of N (return a tuple of parts).
-        layout: None (contiguous parts on the inference path, the einsum's
-            choice elsewhere) or one of :data:`GROUPED_LAYOUTS`, the memory
-            order of y (the parts are its views). GroupMamba's SSM asks for
-            'groups': the selective scan reads maps whose cache lines each
+        group_major: store y as (G, ..., N) in memory, each group's map
+            contiguous (the parts are views of it), on every path: one
+            batched GEMM on the group-strided views. GroupMamba's SSM asks
+            for it: the selective scan reads maps whose cache lines each
             belong to one group faster (see ``GroupedDirectionalSSM.forward``).
     """
     if weight.dim() != 3:
@@ -400,26 +377,20 @@ def grouped_linear(x: Tensor, weight: Tensor, sizes: Optional[Sequence[int]] = N
     parts = [n] if sizes is None else [int(s) for s in sizes]
     if sum(parts) != n or min(parts) < 1:
         raise ValueError(f'sizes: expected positive parts summing to N = {n}, got {sizes}')
-    if layout is not None and layout not in GROUPED_LAYOUTS:
-        raise ValueError(f'layout: expected None or one of {GROUPED_LAYOUTS}, got {layout!r}')
-    if not _use_bmm(x, weight) and layout in (None, 'rows'):
+    bmm = _use_bmm(x, weight)
+    if not (bmm or group_major):
         y = torch.einsum('...gk,gnk->...gn', x, weight)
-        y = y if layout is None else y.contiguous()
         return y if sizes is None else y.split(parts, dim=-1)
-    rows = x.reshape(-1, g, k).transpose(0, 1)                      # (G, M, K) view
-    w_t = weight.transpose(1, 2)                                    # (G, K, N) view
-    if not _use_bmm(x, weight):
-        outs = [_grouped_bmm(rows, w_t, layout)]
-    elif layout is None:                                            # contiguous parts
-        outs = grouped_linear_bmm(rows, list(w_t.split(parts, dim=2)))
-    else:
-        outs = grouped_linear_bmm(rows, [w_t], layout)
-    outs = [o.transpose(0, 1).reshape(*x.shape[:-1], o.shape[-1]) for o in outs]  # views
-    if sizes is None:
-        return outs[0]
-    return tuple(outs) if layout is None else outs[0].split(parts, dim=-1)
+    rows, w_t = x.reshape(-1, g, k).transpose(0, 1), weight.transpose(1, 2)  # (G, M, K), (G, K, N)
+    if group_major:
+        y = grouped_linear_bmm(rows, [w_t], True)[0] if bmm else torch.bmm(rows, w_t)
+        y = y.transpose(0, 1).reshape(*x.shape[:-1], n)          # (G, M, N) contiguous underneath
+        return y if sizes is None else y.split(parts, dim=-1)
+    outs = grouped_linear_bmm(rows, list(w_t.split(parts, dim=2)))
+    outs = [o.transpose(0, 1).reshape(*x.shape[:-1], p) for o, p in zip(outs, parts)]
+    return outs[0] if sizes is None else tuple(outs)
 
 
-__all__: List[str] = ['FP32_GEMM_MODES', 'GROUPED_LAYOUTS', 'MIN_ROWS', 'PROMOTE_STEPS', 'Linear',
-                      'grouped_linear', 'grouped_linear_bmm', 'linear', 'linear_tf32x3',
-                      'linear_triton', 'set_fp32_gemm', 'tf32_split']
+__all__: List[str] = ['FP32_GEMM_MODES', 'MIN_ROWS', 'PROMOTE_STEPS', 'Linear', 'grouped_linear',
+                      'grouped_linear_bmm', 'linear', 'linear_tf32x3', 'linear_triton',
+                      'set_fp32_gemm', 'tf32_split']

@@ -192,53 +192,47 @@ def test_grouped_linear_bmm_matches_einsum(kernel_device, strided):
     torch.testing.assert_close(middle.double(), want[..., 2:5], rtol=1e-5, atol=1e-5)
 
 
-def _stored_as(layout, shape):
-    """Strides of a (..., G, n) tensor stored in ``layout``'s order."""
-    *lead, g, n = shape
-    if layout == 'rows':
-        return torch.empty(shape).stride()
-    if layout == 'groups':
-        return torch.empty(g, *lead, n).movedim(0, -2).stride()
-    return torch.empty(g, n, *lead).movedim((0, 1), (-2, -1)).stride()
+def _group_major_strides(shape):
+    """Strides of a (..., G, n) tensor stored as (G, ..., n)."""
+    return torch.empty(shape[-2], *shape[:-2], shape[-1]).movedim(0, -2).stride()
 
 
 @pytest.mark.parametrize('use_bmm', [False, True])
-@pytest.mark.parametrize('layout', lin.GROUPED_LAYOUTS)
-def test_grouped_linear_layouts(kernel_device, monkeypatch, use_bmm, layout):
-    """With ``layout`` the result is stored in that order ('rows' (M, G, n),
-    'groups' (G, M, n), 'features' (G, n, M)) on both paths (the einsum's and
-    the batched-GEMM op's, here forced), its split parts are views of it, and
-    the values are the einsum's in float64, also from a feature-major input
-    (the SSM's dt rows of x_proj's output)."""
+def test_grouped_linear_group_major(kernel_device, monkeypatch, use_bmm):
+    """With ``group_major`` the result is stored (G, ..., n), each group's map
+    contiguous, on both paths (the autograd one's batched GEMM and the
+    inference op's, here forced), its split parts are views of it, and the
+    values are the einsum's in float64, also from a strided input cut from
+    such a result (the SSM's dt columns of x_proj's output)."""
     monkeypatch.setattr(lin, '_use_bmm', lambda x, w: use_bmm)
     x, weight = _grouped_inputs(kernel_device, strided=True)
     want = torch.einsum('...gk,gnk->...gn', x.double(), weight.double())
-    y = lin.grouped_linear(x, weight, layout=layout)
-    assert y.shape == want.shape and y.stride() == _stored_as(layout, y.shape)
+    y = lin.grouped_linear(x, weight, group_major=True)
+    assert y.shape == want.shape and y.stride() == _group_major_strides(y.shape)
     torch.testing.assert_close(y.double(), want, rtol=1e-5, atol=1e-5)
-    first, second = lin.grouped_linear(x, weight, (3, 4), layout=layout)
+    first, second = lin.grouped_linear(x, weight, (3, 4), group_major=True)
     assert first.stride() == second.stride() == y.stride()
     assert first.untyped_storage().data_ptr() == second.untyped_storage().data_ptr()
     torch.testing.assert_close(torch.cat([first, second], -1).double(), want, rtol=1e-5,
                                atol=1e-5)
-    dts = lin.grouped_linear(x, weight, layout='features')[..., :2]
+    dts = y[..., :2]
     w_dt = torch.randn(4, 5, 2, generator=torch.Generator().manual_seed(2)).to(kernel_device)
-    delta = lin.grouped_linear(dts, w_dt, layout=layout)
-    assert delta.stride() == _stored_as(layout, delta.shape)
+    delta = lin.grouped_linear(dts, w_dt, group_major=True)
+    assert delta.stride() == _group_major_strides(delta.shape)
     torch.testing.assert_close(
         delta.double(), torch.einsum('...gk,gnk->...gn', dts.double(), w_dt.double()),
         rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize('layout', lin.GROUPED_LAYOUTS)
-def test_grouped_linear_bmm_fake_strides(kernel_device, layout):
-    """The op's fake kernel gives each layout's strides (``opcheck`` compares
-    fake and real outputs' metadata, strides included), so ``torch.compile``
-    plans the consumers of a 'features' output for its real strides."""
+@pytest.mark.parametrize('group_major', [False, True])
+def test_grouped_linear_bmm_fake_strides(kernel_device, group_major):
+    """The op's fake kernel gives the real outputs' strides (``opcheck``
+    compares fake and real metadata, strides included), so ``torch.compile``
+    plans the consumers of a group-major output for its real strides."""
     x, weight = _grouped_inputs(kernel_device, strided=True)
     rows, w_t = x.reshape(-1, 4, 6).transpose(0, 1), weight.transpose(1, 2)
     torch.library.opcheck(torch.ops.mmgroupmamba.grouped_linear_bmm,
-                          (rows, [w_t, w_t[..., :3]], layout))
+                          (rows, [w_t, w_t[..., :3]], group_major))
 
 
 def test_grouped_linear_dispatch_fake_kernel_and_flops(kernel_device, monkeypatch):
@@ -281,9 +275,6 @@ def test_grouped_linear_rule_and_errors():
         lin.grouped_linear(x[..., :5], weight)
     with pytest.raises(ValueError, match='sizes: expected positive parts summing to N = 7'):
         lin.grouped_linear(x, weight, (3, 3))
-    with pytest.raises(ValueError, match=r"layout: expected None or one of \('rows', 'groups', "
-                                         r"'features'\), got 'nhwc'"):
-        lin.grouped_linear(x, weight, layout='nhwc')
     if torch.cuda.is_available():
         xc, wc = x.cuda(), weight.cuda()
         assert lin._use_bmm(xc, wc) and not lin._use_bmm(xc.half(), wc.half())
