@@ -81,6 +81,11 @@ prove the pair aligned; the host passes the strides halved so that it can
 (``VEC``, see :func:`_layout`), and tiles of groups of an odd channel count
 start at an even channel (``SHIFT``, see :func:`_program`).
 
+L2 policy: where the four groups' channels share cache lines (channels-last
+u and y) and the maps are well over the L2, the forward asks the L2 to keep
+u's and y's lines (``evict_last``) until the other directions' programs have
+used them (see :func:`_l2_policy`).
+
 Interpreter (``TRITON_INTERPRET=1``): no libdevice (``tl.log``, ``tl.exp``
 and ``/`` where compiled kernels take the hardware's approximate log2, exp2
 and division, see :func:`_exp`), bf16 only loaded and cast, and a fixed
@@ -113,7 +118,8 @@ _HW_MATH = tl.constexpr(not _INTERPRET)
 #: tile config (see :func:`scan_config`); 'VEC' = 1 and 'LANE_SUMS' = 0 turn
 #: off channel pairs (:func:`_layout`) and the backward's lane sums
 #: (:func:`_lane_sums_fit`); 'CK_CM' (0 or 1) sets the checkpoints' layout
-#: (:func:`_ckpt_off`).
+#: (:func:`_ckpt_off`); 'EVICT_LAST' (0 or 1) the forward's L2 policy for u
+#: and y (:func:`_l2_policy`).
 CONFIG_OVERRIDE: Dict[str, int] = {}
 
 
@@ -708,7 +714,8 @@ def _fwd_kernel(u_ptr, dt_ptr, z_ptr, y_ptr, A_ptr, D_ptr, bias_ptr, B_ptr, C_pt
                 SOFTPLUS: tl.constexpr, SUMMARY: tl.constexpr, SAVE_CKPT: tl.constexpr,
                 STATES: tl.constexpr, SA: tl.constexpr,
                 EVEN: tl.constexpr, GROUPED: tl.constexpr, VEC: tl.constexpr,
-                SHIFT: tl.constexpr, CK_CM: tl.constexpr):
+                SHIFT: tl.constexpr, CK_CM: tl.constexpr, U_POLICY: tl.constexpr,
+                Y_POLICY: tl.constexpr):
     g, b, seg, code, d, dl, nk, kmask, kmask_ld = _program(dir_bits, dim, per, N, N_DT, BD, NP,
                                                            VEC, SHIFT, GROUPED)
     su0, sug, su1, su2, su3 = _vs((su0, sug, su1, su2, su3), VEC, GROUPED)
@@ -758,7 +765,8 @@ def _fwd_kernel(u_ptr, dt_ptr, z_ptr, y_ptr, A_ptr, D_ptr, bias_ptr, B_ptr, C_pt
     runs = _runs(c_start, rpl, NJ)
     o, ii, valid = _slots(runs, n_outer, n_inner, R, SA, EVEN)
     m3 = valid[:, :, None] & kmask_ld[None, None, :] & (c_start < c_end)
-    u_n = tl.load(u_b + _off(u_ch, bu, ou, iu, o, ii, SA == 1), mask=m3, other=0.0)
+    u_n = tl.load(u_b + _off(u_ch, bu, ou, iu, o, ii, SA == 1), mask=m3, other=0.0,
+                      eviction_policy=U_POLICY)
     dt_n = tl.load(dt_b + _off(dt_ch, bd_, od, id_, o, ii, SA == 1), mask=m3, other=0.0)
     B_n = tl.load(B_b + _off(b_ch, bb, ob, ib, o, ii, False),
                   mask=_bc_mask(valid[:, :, None] & (c_start < c_end), m3, NP), other=0.0)
@@ -776,7 +784,8 @@ def _fwd_kernel(u_ptr, dt_ptr, z_ptr, y_ptr, A_ptr, D_ptr, bias_ptr, B_ptr, C_pt
         runs_n = _shift_runs(runs[0], runs[1], dq, dr, rpl, True)
         o, ii, valid = _slots(runs_n, n_outer, n_inner, R, SA, EVEN)
         m3 = valid[:, :, None] & kmask_ld[None, None, :] & (c + 1 < c_end)
-        u_n = tl.load(u_b + _off(u_ch, bu, ou, iu, o, ii, SA == 1), mask=m3, other=0.0)
+        u_n = tl.load(u_b + _off(u_ch, bu, ou, iu, o, ii, SA == 1), mask=m3, other=0.0,
+                      eviction_policy=U_POLICY)
         dt_n = tl.load(dt_b + _off(dt_ch, bd_, od, id_, o, ii, SA == 1), mask=m3, other=0.0)
         B_n = tl.load(B_b + _off(b_ch, bb, ob, ib, o, ii, False),
                       mask=_bc_mask(valid[:, :, None] & (c + 1 < c_end), m3, NP), other=0.0)
@@ -811,7 +820,7 @@ def _fwd_kernel(u_ptr, dt_ptr, z_ptr, y_ptr, A_ptr, D_ptr, bias_ptr, B_ptr, C_pt
             by, oy, iy = _line(sy2, sy3, col, rev, n_outer, n_inner)
             off_y = _off(_chan(syg, sy1, g, d, dl, GROUPED), by, oy, iy, o, ii, SA == 1)
             tl.store(y_ptr + b64 * sy0 + off_y, y.to(y_ptr.dtype.element_ty),
-                     mask=m3 & (nk == 0)[None, None, :])
+                     mask=m3 & (nk == 0)[None, None, :], eviction_policy=Y_POLICY)
     if SUMMARY:
         soff = _carry(((b * dim + d) * NSEG + seg) * N + nk, SA)
         tl.store(sp_ptr + soff, p_seg, mask=_carry(kmask, SA))
@@ -1067,6 +1076,30 @@ def _vec(t: Optional[torch.Tensor], like: torch.Tensor) -> torch.Tensor:
     return like if t is None else t.detach().to(torch.float32).contiguous()
 
 
+def _l2_policy(t: torch.Tensor, groups: int, l2_bytes: Optional[int] = None) -> str:
+    """The forward's L2 eviction policy for u's loads and y's stores, decided
+    on u: 'evict_last' where the groups share its cache lines (a pixel's
+    groups adjacent, channels innermost: channels-last maps) and the map is
+    well over the L2's size (1.5x), else the default ''.
+
+    Each group scans its own direction, so a line that holds several groups'
+    channels is read (for y: written) by their programs at different times.
+    Over the L2's size it was evicted in between and read again from DRAM
+    (23 MB more for GroupMamba-T's stage 1, docs/benchmarks.md). Marked to
+    stay, T's fp32 stage-1 forward took 148 us instead of 154, B's 256
+    instead of 260 on an H100; maps that fit (T stages 2-4, bf16 stage 1)
+    gained nothing or lost 1-2%. ``CONFIG_OVERRIDE['EVICT_LAST']`` (0 or 1)
+    overrides the rule. ``l2_bytes``: the cache's size (default the
+    device's; off CUDA no policy)."""
+    per = map_shape(t)[1] // groups
+    st = _map_strides(t, groups)
+    rule = st[2] == 1 and st[1] == per and t.numel() * t.element_size() > 1.5 * (
+        l2_bytes if l2_bytes is not None
+        else torch.cuda.get_device_properties(t.device).L2_cache_size if t.is_cuda
+        else float('inf'))
+    return 'evict_last' if CONFIG_OVERRIDE.get('EVICT_LAST', rule) else ''
+
+
 def _device_ctx(t: torch.Tensor):
     return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
 
@@ -1266,6 +1299,10 @@ def selective_scan_2d_fwd_triton(u, delta, A, B, C, codes: List[int], D=None, z=
                   SOFTPLUS=bool(delta_softplus), num_warps=cfg['num_warps'],
                   EVEN=height % cfg['R'] == 0 and width % cfg['R'] == 0, CK_CM=cfg['CK_CM'],
                   **layout)
+    # y (in u's layout) shares u's lines: the same policy, decided on u (so
+    # AMP's fp16 u with fp32 y keeps the default, as measured for half u)
+    policy = _l2_policy(u, groups)
+    y_policy = policy if not states and y_strides == maps[1][:3] + (0,) + maps[1][3:] else ''
     with _device_ctx(u):
         for summary in ((True, False) if nseg > 1 else (False,)):
             _fwd_kernel[grid](
@@ -1276,7 +1313,8 @@ def selective_scan_2d_fwd_triton(u, delta, A, B, C, codes: List[int], D=None, z=
                 *_halve(_map_strides(delta, groups), layout),
                 *_halve(_map_strides(z, groups), layout), *_halve(y_strides, layout),
                 *B.stride(), *(B if states else C).stride(), SUMMARY=summary,
-                SAVE_CKPT=not summary, STATES=states, **common)
+                SAVE_CKPT=not summary, STATES=states, U_POLICY=policy, Y_POLICY=y_policy,
+                **common)
     return y, last, ckpt
 
 

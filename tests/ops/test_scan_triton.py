@@ -488,6 +488,28 @@ def test_grouped_flag():
     assert _grouped(4, _map_strides(nhwc, 2), _map_strides(per_group, 2))
 
 
+def test_l2_policy(scan_override):
+    """The forward keeps a map's lines in L2 ('evict_last') only where the
+    groups share them (channels-last: a pixel's groups adjacent, also as a
+    grouped view) and the map is over 1.5x the L2; the override wins."""
+    from mmgroupmamba.ops.triton_scan import _l2_policy
+    nhwc = torch.zeros(2, 5, 6, 8).permute(0, 3, 1, 2)              # 1920 bytes
+    adjacent = nhwc.unflatten(1, (2, 4))
+    per_group = torch.zeros(2, 2, 5, 6, 4).permute(1, 0, 4, 2, 3)   # each group's map contiguous
+    nchw = torch.zeros(2, 8, 5, 6)
+    assert _l2_policy(nhwc, 2, l2_bytes=1279) == 'evict_last'
+    assert _l2_policy(adjacent, 2, l2_bytes=1279) == 'evict_last'
+    assert _l2_policy(nhwc, 2, l2_bytes=1280) == ''                  # not over 1.5x
+    assert _l2_policy(nhwc.half(), 2, l2_bytes=1279) == ''           # half the bytes
+    assert _l2_policy(per_group, 2, l2_bytes=0) == ''
+    assert _l2_policy(nchw, 2, l2_bytes=0) == ''
+    assert _l2_policy(nhwc, 2) == ''                                  # off CUDA: none
+    scan_override(EVICT_LAST=1)
+    assert _l2_policy(per_group, 2) == 'evict_last'
+    scan_override(EVICT_LAST=0)
+    assert _l2_policy(nhwc, 2, l2_bytes=0) == ''
+
+
 def test_pack_directions():
     """Direction codes travel as one int32 argument, 2 bits per group (a
     device tensor built from a list would synchronise the stream per call)."""
