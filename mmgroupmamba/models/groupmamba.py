@@ -304,7 +304,7 @@ class GroupedDirectionalSSM(nn.Module):
         # The projections write their outputs group by group ((G, b, h, w,
         # n) memory), so every cache line of delta, B and C
         # serves one scan direction: GroupMamba-T stage 1, fp32 on an H100,
-        # scans in 153.7 / 291.2 us (forward / backward) against 171.6 / 331.1
+        # scans in 148.3 / 290.1 us (forward / backward) against 167.6 / 330.9
         # with every map channels-last (docs/benchmarks.md). In training this
         # also drops the copies of delta and z into channels-last order.
         # (B and C each contiguous, x_proj's output stored (G, R + 2N, b, h,
