@@ -1299,8 +1299,8 @@ def selective_scan_2d_fwd_triton(u, delta, A, B, C, codes: List[int], D=None, z=
                   SOFTPLUS=bool(delta_softplus), num_warps=cfg['num_warps'],
                   EVEN=height % cfg['R'] == 0 and width % cfg['R'] == 0, CK_CM=cfg['CK_CM'],
                   **layout)
-    # y (in u's layout) shares u's lines: the same policy, decided on u (so
-    # AMP's fp16 u with fp32 y keeps the default, as measured for half u)
+    # y in u's layout shares u's lines: the same policy, decided on u (so
+    # AMP's fp16 u with fp32 y keeps the default; bf16 maps gained nothing)
     policy = _l2_policy(u, groups)
     y_policy = policy if not states and y_strides == maps[1][:3] + (0,) + maps[1][3:] else ''
     with _device_ctx(u):
