@@ -510,6 +510,28 @@ def test_l2_policy(scan_override):
     assert _l2_policy(nhwc, 2, l2_bytes=0) == ''
 
 
+def test_forward_passes_the_l2_policy_to_the_kernel(scan_override, monkeypatch):
+    """The forward launch takes u's policy for u and for y when y is in u's
+    layout, none for the states (their own channels-first buffer)."""
+    from mmgroupmamba.ops import triton_scan
+    real, seen = triton_scan._fwd_kernel, []
+
+    class Spy:
+        def __getitem__(self, grid):
+            def launch(*args, **kw):
+                seen.append((kw['U_POLICY'], kw['Y_POLICY']))
+                return real[grid](*args, **kw)
+            return launch
+    monkeypatch.setattr(triton_scan, '_fwd_kernel', Spy())
+    scan_override(EVICT_LAST=1)
+    inp = make_inputs(1, 4, 2, 1, 3, 4, with_D=False, with_z=False, layout='channels_last')
+    with torch.no_grad():
+        for C in (inp['C'], None):
+            selective_scan_2d(inp['u'], inp['delta'], inp['A'], inp['B'], C, ('lr', 'tb'),
+                              backend='triton')
+    assert seen == [('evict_last', 'evict_last'), ('evict_last', '')]
+
+
 def test_pack_directions():
     """Direction codes travel as one int32 argument, 2 bits per group (a
     device tensor built from a list would synchronise the stream per call)."""
