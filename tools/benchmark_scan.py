@@ -213,16 +213,17 @@ def main() -> None:
                              "'KEY=VAL,...;...' with triton_scan.CONFIG_OVERRIDE's keys (e.g. "
                              "'CPS=4;CPS=8') (default: the heuristic)")
     parser.add_argument('--fp32-only', action='store_true')
-    parser.add_argument('--channels-last', action='store_true',
-                        help='channels-last maps (permuted views); B and C (batch, H, W, G, N)')
-    parser.add_argument('--model-layouts', action='store_true',
-                        help='the GroupMamba layer\'s layouts: u channels-last, delta grouped, '
-                             'B and C columns of x_proj\'s (G, batch, H, W, R + 2N) output '
-                             '(states-mode cases keep --channels-last maps)')
-    parser.add_argument('--grouped-maps', action='store_true',
-                        help='u and delta as grouped maps, each group\'s map contiguous (a '
-                             '(G, batch, H, W, per) buffer; states-mode cases keep '
-                             '--channels-last maps)')
+    # The maps' layouts, one at most (the default: contiguous maps).
+    layouts = parser.add_mutually_exclusive_group()
+    for flag, text in (
+            ('--channels-last', 'channels-last maps (permuted views); B and C (batch, H, W, G, N)'),
+            ('--model-layouts', 'the GroupMamba layer\'s layouts: u channels-last, delta grouped, '
+                                'B and C columns of x_proj\'s (G, batch, H, W, R + 2N) output '
+                                '(states-mode cases keep --channels-last maps)'),
+            ('--grouped-maps', 'u and delta as grouped maps, each group\'s map contiguous (a '
+                               '(G, batch, H, W, per) buffer; states-mode cases keep '
+                               '--channels-last maps)')):
+        layouts.add_argument(flag, action='store_true', help=text)
     parser.add_argument('--directions', default='lr,tb,rl,bt',
                         help="the four groups' scan directions, comma-separated (default "
                              "GroupMamba's 'lr,tb,rl,bt'; e.g. 'lr,lr,lr,lr' to time one "
