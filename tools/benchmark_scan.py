@@ -198,7 +198,7 @@ def ref_times(t: Dict, dirs: List[int], extras: Dict, compiled: bool
     return {'fwd': bench(fwd), 'bwd': bench(bwd)}
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--out', default=None, help='write the markdown table here')
     parser.add_argument('--json', default=None, help='write raw numbers here')
@@ -238,6 +238,11 @@ def main() -> None:
     parser.add_argument('--compile-max-chunks', type=int, default=8,
                         help='skip torch.compile of the reference above this many chunks '
                              '(its chunk loop is unrolled; compile time grows with it)')
+    return parser
+
+
+def main() -> None:
+    parser = build_parser()
     args = parser.parse_args()
     group_dirs = [direction_code(d) for d in args.directions.split(',')]
     if len(group_dirs) != 4:
