@@ -29,6 +29,7 @@ from typing import List, Optional, Tuple
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 from torch.utils.flop_counter import register_flop_formula
 
 from . import triton_scan
@@ -40,13 +41,10 @@ def _absent(like: Tensor) -> Tensor:
     return like.new_empty((0,))
 
 
-@torch.library.custom_op('mmgroupmamba::selective_scan_2d_fwd', mutates_args=())
-def selective_scan_2d_fwd(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Optional[Tensor],
-                          D: Optional[Tensor], z: Optional[Tensor],
-                          delta_bias: Optional[Tensor], directions: List[int],
-                          delta_softplus: bool, use_triton: bool,
-                          out_dtype: Optional[torch.dtype] = None
-                          ) -> Tuple[Tensor, Tensor, Tensor]:
+def _scan_fwd(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Optional[Tensor],
+              D: Optional[Tensor], z: Optional[Tensor], delta_bias: Optional[Tensor],
+              directions: List[int], delta_softplus: bool, use_triton: bool,
+              out_dtype: Optional[torch.dtype] = None) -> Tuple[Tensor, Tensor, Tensor]:
     """Directional scan forward; shapes as in :func:`selective_scan_2d`."""
     if use_triton and u.numel() > 0:
         return triton_scan.selective_scan_2d_fwd_triton(u, delta, A, B, C, directions, D, z,
@@ -59,6 +57,10 @@ def selective_scan_2d_fwd(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Opt
            else u.new_empty(y.shape, dtype=sdt))
     out.copy_(y)
     return out, last.to(sdt), u.new_empty((0,), dtype=torch.float32)
+
+
+selective_scan_2d_fwd = torch.library.custom_op('mmgroupmamba::selective_scan_2d_fwd',
+                                                _scan_fwd, mutates_args=())
 
 
 def _state_dtype(u: Tensor, use_triton: bool) -> torch.dtype:
@@ -78,12 +80,10 @@ def _fwd_fake(u, delta, A, B, C, D, z, delta_bias, directions, delta_softplus, u
     return y, u.new_empty((batch, dim, n_state), dtype=sdt), ckpt
 
 
-@torch.library.custom_op('mmgroupmamba::selective_scan_2d_bwd', mutates_args=())
-def selective_scan_2d_bwd(dy: Tensor, dlast: Optional[Tensor], u: Tensor, delta: Tensor,
-                          A: Tensor, B: Tensor, C: Optional[Tensor], D: Optional[Tensor],
-                          z: Optional[Tensor], delta_bias: Optional[Tensor], ckpt: Tensor,
-                          directions: List[int], delta_softplus: bool, use_triton: bool
-                          ) -> List[Tensor]:
+def _scan_bwd(dy: Tensor, dlast: Optional[Tensor], u: Tensor, delta: Tensor, A: Tensor,
+              B: Tensor, C: Optional[Tensor], D: Optional[Tensor], z: Optional[Tensor],
+              delta_bias: Optional[Tensor], ckpt: Tensor, directions: List[int],
+              delta_softplus: bool, use_triton: bool) -> List[Tensor]:
     """Gradients (du, ddelta, dA, dB, dC, dD, dz, ddelta_bias); an absent
     optional input gets an empty tensor."""
     if use_triton and u.numel() > 0:
@@ -111,6 +111,10 @@ def selective_scan_2d_bwd(dy: Tensor, dlast: Optional[Tensor], u: Tensor, delta:
     return [_absent(u) if g is None else g.contiguous() if not use_triton else g for g in grads]
 
 
+selective_scan_2d_bwd = torch.library.custom_op('mmgroupmamba::selective_scan_2d_bwd',
+                                                _scan_bwd, mutates_args=())
+
+
 @selective_scan_2d_bwd.register_fake
 def _bwd_fake(dy, dlast, u, delta, A, B, C, D, z, delta_bias, ckpt, directions,
               delta_softplus, use_triton):
@@ -131,21 +135,71 @@ def _setup_context(ctx, inputs, output):
     ctx.use_triton = use_triton
 
 
-def _backward(ctx, dy, dlast, dckpt):
+def _grads(ctx, dy, dlast, bwd):
+    """The inputs' gradients by ``bwd`` (the backward op, or its body)."""
     u, delta, A, B, C, D, z, delta_bias, ckpt = ctx.saved_tensors
     if dy is None:
         dy = (torch.zeros_like(u, dtype=ctx.y_dtype) if C is not None
               else u.new_zeros((u.shape[0], u.shape[1], B.shape[2]) + tuple(u.shape[2:]),
                                dtype=_state_dtype(u, ctx.use_triton)))
-    grads = selective_scan_2d_bwd(dy, dlast, u, delta, A, B, C, D, z, delta_bias, ckpt,
-                                  ctx.directions, ctx.delta_softplus, ctx.use_triton)
+    grads = bwd(dy, dlast, u, delta, A, B, C, D, z, delta_bias, ckpt, ctx.directions,
+                ctx.delta_softplus, ctx.use_triton)
     present = (u, delta, A, B, C, D, z, delta_bias)
     out = [g if t is not None else None for g, t in zip(grads, present)]
     return (*out, None, None, None, None)
 
 
+def _backward(ctx, dy, dlast, dckpt):
+    return _grads(ctx, dy, dlast, selective_scan_2d_bwd)
+
+
 torch.library.register_autograd('mmgroupmamba::selective_scan_2d_fwd', _backward,
                                 setup_context=_setup_context)
+
+
+class EagerScan(torch.autograd.Function):
+    """The forward op's autograd, without the custom ops' dispatch: the same
+    bodies (``_scan_fwd``, ``_scan_bwd``) called directly.
+
+    A ``torch.library.custom_op`` call goes through the dispatcher, the op's
+    Python autograd wrapper and its implementation wrapper; in eager training
+    that host work, about 1.3 ms per forward + backward of GroupMamba's scan
+    on an H100 host, is longer than the kernels of a small map
+    (``tools/benchmark_scan_host.py``, docs/benchmarks.md). The entry points
+    take this path only where nothing needs to see the op
+    (:func:`eager_fast_path`); torch.compile, ``FlopCounterMode``, fake tensors
+    and the functorch transforms get the custom op. Not twice
+    differentiable, like the op.
+
+    ``EagerScan.apply(u, delta, A, B, C, D, z, delta_bias, directions,
+    delta_softplus, use_triton, out_dtype)`` -> (y, last_state, ckpt).
+    """
+
+    @staticmethod
+    def forward(*args):
+        return _scan_fwd(*args)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        _setup_context(ctx, inputs, output)
+        ctx.mark_non_differentiable(output[2])
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy, dlast, dckpt):
+        return _grads(ctx, dy, dlast, _scan_bwd)
+
+
+def eager_fast_path(use_triton: bool) -> bool:
+    """Whether a scan may run as :class:`EagerScan`: the Triton kernels
+    (the reference's host time does not matter), and no tracer, mode or
+    transform that must see the custom op (torch.compile, torch.jit.trace,
+    a TorchDispatchMode such as ``FlopCounterMode`` or fake tensors, a
+    TorchFunctionMode, functorch's vmap/grad)."""
+    return (use_triton and not torch.compiler.is_compiling() and not torch.jit.is_tracing()
+            and torch._C._len_torch_dispatch_stack() == 0
+            and not torch._C._is_torch_function_mode_enabled()
+            and not torch._C._are_functorch_transforms_active())
 
 
 def selective_scan_flops(batch: int, dim: int, length: int, n_state: int,

@@ -17,7 +17,7 @@ from typing import Optional, Sequence, Tuple, Union
 
 import torch
 
-from . import library  # noqa: F401  (registers torch.ops.mmgroupmamba.*)
+from . import library  # (also registers torch.ops.mmgroupmamba.*)
 from .reference import DIRECTIONS, direction_code, map_shape
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -178,9 +178,12 @@ def selective_scan_2d(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor,
         raise ValueError(f'backend: the Triton kernels need CUDA tensors (or TRITON_INTERPRET=1), '
                          f'got u on {u.device}')
     # One custom op for both backends: autograd, torch.compile and the FLOP
-    # counter see the same node whichever implementation runs.
-    y, last, _ = torch.ops.mmgroupmamba.selective_scan_2d_fwd(
-        u, delta, A, B, C, D, z, delta_bias, codes, bool(delta_softplus), use_triton, out_dtype)
+    # counter see the same node whichever implementation runs. Plain eager
+    # calls of the kernels skip its dispatch (the same bodies, see EagerScan).
+    op = (library.EagerScan.apply if library.eager_fast_path(use_triton)
+          else torch.ops.mmgroupmamba.selective_scan_2d_fwd)
+    y, last, _ = op(u, delta, A, B, C, D, z, delta_bias, codes, bool(delta_softplus), use_triton,
+                    out_dtype)
     return (y, last) if return_last_state else y
 
 

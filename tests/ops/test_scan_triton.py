@@ -6,7 +6,7 @@ Runs under TRITON_INTERPRET=1 on CPU by default (tests/conftest.py); with
 """
 import pytest
 import torch
-from scan_utils import make_inputs, rel_err, run_scan
+from scan_utils import GRAD_NAMES, make_inputs, rel_err, run_scan
 
 from mmgroupmamba.ops import selective_scan, selective_scan_2d
 
@@ -510,7 +510,7 @@ def test_l2_policy(scan_override):
     assert _l2_policy(nhwc, 2, l2_bytes=0) == ''
 
 
-def test_forward_passes_the_l2_policy_to_the_kernel(scan_override, monkeypatch):
+def test_forward_passes_the_l2_policy_to_the_kernel(scan_override, monkeypatch, kernel_device):
     """The forward launch takes u's policy for u and for y when y is in u's
     layout, none for the states (their own channels-first buffer)."""
     from mmgroupmamba.ops import triton_scan
@@ -524,7 +524,8 @@ def test_forward_passes_the_l2_policy_to_the_kernel(scan_override, monkeypatch):
             return launch
     monkeypatch.setattr(triton_scan, '_fwd_kernel', Spy())
     scan_override(EVICT_LAST=1)
-    inp = make_inputs(1, 4, 2, 1, 3, 4, with_D=False, with_z=False, layout='channels_last')
+    inp = make_inputs(1, 4, 2, 1, 3, 4, with_D=False, with_z=False, layout='channels_last',
+                      device=kernel_device)
     with torch.no_grad():
         for C in (inp['C'], None):
             selective_scan_2d(inp['u'], inp['delta'], inp['A'], inp['B'], C, ('lr', 'tb'),
@@ -596,3 +597,74 @@ def test_nan_delta_gives_nan(kernel_device):
     torch.testing.assert_close(y[[0, 2, 3]].double(),
                                torch.nn.functional.softplus(x[[0, 2, 3]].double()),
                                rtol=5e-6, atol=0)
+
+
+class _PassThrough(torch.overrides.TorchFunctionMode):
+    """A torch-function mode that changes nothing: with one active the
+    entry point must take the custom op (what a tracer would need)."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        return func(*args, **(kwargs or {}))
+
+
+def test_eager_calls_skip_the_custom_op_dispatch(kernel_device):
+    """Plain eager Triton calls run EagerScan (no custom-op dispatch); with
+    a mode active they run the custom op; both give the same values and
+    gradients bit for bit (the same kernels)."""
+    inp = make_inputs(2, 8, 4, 1, 3, 5, device=kernel_device)
+    dirs = ('lr', 'tb', 'rl', 'bt')
+    y, last, grads = run_scan(inp, dirs, True, backend='triton')
+    with _PassThrough():
+        y_op, last_op, grads_op = run_scan(inp, dirs, True, backend='triton')
+    assert torch.equal(y, y_op) and torch.equal(last, last_op)
+    assert set(grads) == set(grads_op) == set(GRAD_NAMES)
+    for k in grads:
+        assert torch.equal(grads[k], grads_op[k]), k
+    args = [inp[k] for k in GRAD_NAMES[:5]]
+    kw = dict(D=inp['D'], z=inp['z'], delta_bias=inp['delta_bias'], delta_softplus=True)
+    assert type(selective_scan_2d(*args, dirs, backend='triton', **kw).grad_fn).__name__ == \
+        'EagerScanBackward'
+    with _PassThrough():
+        node = type(selective_scan_2d(*args, dirs, backend='triton', **kw).grad_fn).__name__
+    assert node != 'EagerScanBackward'
+    # the reference keeps the custom op (its host time does not matter)
+    assert type(selective_scan_2d(*args, dirs, backend='reference', **kw).grad_fn).__name__ != \
+        'EagerScanBackward'
+
+
+def test_eager_path_is_not_twice_differentiable(kernel_device):
+    """A second derivative raises, as through the custom op (whose backward
+    op has no autograd), instead of coming out silently zero."""
+    inp = make_inputs(1, 4, 2, 1, 2, 3, device=kernel_device)
+    y = selective_scan_2d(*[inp[k] for k in GRAD_NAMES[:5]], ('lr', 'bt'), D=inp['D'],
+                          backend='triton')
+    (du,) = torch.autograd.grad(y.square().sum(), inp['u'], create_graph=True)
+    with pytest.raises(RuntimeError, match='differentiate twice.*once_differentiable'):
+        du.sum().backward()
+
+
+def test_triton_flops_and_compile_see_the_custom_op(kernel_device):
+    """Under FlopCounterMode and torch.compile the Triton backend runs as the
+    custom op: counted, and traced without a graph break."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from mmgroupmamba.ops import selective_scan_flops
+    inp = make_inputs(2, 8, 4, 1, 3, 4, device=kernel_device)
+    args = [inp[k] for k in GRAD_NAMES]
+    dirs = ('lr', 'tb', 'rl', 'bt')
+
+    def f(u, delta, A, B, C, D, z, bias):
+        y = selective_scan_2d(u, delta, A, B, C, dirs, D=D, z=z, delta_bias=bias,
+                              delta_softplus=True, backend='triton')
+        return (y * y).sum()
+    with FlopCounterMode(display=False) as counter:
+        f(*[a.detach() for a in args])
+    assert counter.get_total_flops() == selective_scan_flops(2, 8, 12, 1, with_z=True)
+    torch._dynamo.reset()
+    loss = torch.compile(f, fullgraph=True, backend='aot_eager')(*args)
+    grads = torch.autograd.grad(loss, args)
+    loss_e = f(*args)
+    grads_e = torch.autograd.grad(loss_e, args)
+    assert torch.allclose(loss, loss_e, rtol=1e-6)
+    for a, b in zip(grads, grads_e):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-6)
