@@ -183,6 +183,9 @@ class EagerScan(torch.autograd.Function):
     def setup_context(ctx, inputs, output):
         _setup_context(ctx, inputs, output)
         ctx.mark_non_differentiable(output[2])
+        # Unused outputs' gradients stay None (the custom op's autograd fills
+        # them with zeros): no zero dlast to allocate and for the kernel to read.
+        ctx.set_materialize_grads(False)
 
     @staticmethod
     @once_differentiable

@@ -607,7 +607,7 @@ class _PassThrough(torch.overrides.TorchFunctionMode):
         return func(*args, **(kwargs or {}))
 
 
-def test_eager_calls_skip_the_custom_op_dispatch(kernel_device):
+def test_eager_calls_skip_the_custom_op_dispatch(kernel_device, monkeypatch):
     """Plain eager Triton calls run EagerScan (no custom-op dispatch); with
     a mode active they run the custom op; both give the same values and
     gradients bit for bit (the same kernels)."""
@@ -627,6 +627,20 @@ def test_eager_calls_skip_the_custom_op_dispatch(kernel_device):
     with _PassThrough():
         node = type(selective_scan_2d(*args, dirs, backend='triton', **kw).grad_fn).__name__
     assert node != 'EagerScanBackward'
+    # an unused last state's gradient reaches the kernel as None (the custom
+    # op's autograd passes zeros: the same values, more work)
+    from mmgroupmamba.ops import triton_scan
+    real, seen = triton_scan.selective_scan_2d_bwd_triton, []
+
+    def spy(dy, dlast, *rest):
+        seen.append(dlast)
+        return real(dy, dlast, *rest)
+    monkeypatch.setattr(triton_scan, 'selective_scan_2d_bwd_triton', spy)
+    selective_scan_2d(*args, dirs, backend='triton', **kw).sum().backward()
+    with _PassThrough():
+        selective_scan_2d(*args, dirs, backend='triton', **kw).sum().backward()
+    assert seen[0] is None and len(seen) == 2
+    assert seen[1].shape == last.shape and not seen[1].any()
     # the reference keeps the custom op (its host time does not matter)
     assert type(selective_scan_2d(*args, dirs, backend='reference', **kw).grad_fn).__name__ != \
         'EagerScanBackward'
