@@ -153,6 +153,36 @@ def test_with_cp_gives_the_same_gradients(with_cp, n_checkpointed, monkeypatch):
         torch.testing.assert_close(grads[1][k], grads[0][k], rtol=1e-5, atol=1e-7, msg=k)
 
 
+def test_triton_scan_trains_the_same_through_either_autograd_path(kernel_device, monkeypatch):
+    """In training (activation checkpointing on stage 0 included) the Triton
+    scan runs as EagerScan, and gives the gradients of the custom op's path
+    bit for bit (the same kernels). On the CPU the model's scan is sent to
+    the Triton interpreter."""
+    import importlib
+
+    from mmgroupmamba.ops import library
+    # the module (the package's attribute of that name is the function)
+    scan_module = importlib.import_module('mmgroupmamba.ops.selective_scan')
+    monkeypatch.setattr(scan_module, '_pick_backend', lambda backend, device: 'triton')
+    real, taken = library.eager_fast_path, []
+    torch.manual_seed(0)
+    model = GroupMamba(SMALL_ARCH, with_cp=(True, False, False, False)).train().to(kernel_device)
+    x = torch.randn(2, 3, 20, 16, device=kernel_device)
+    grads = []
+    for fast in (real, lambda use_triton: False):
+        monkeypatch.setattr(library, 'eager_fast_path',
+                            lambda use_triton, fast=fast: taken.append(fast(use_triton))
+                            or taken[-1])
+        model.zero_grad()
+        torch.manual_seed(1)  # same drop-path draws
+        sum((o * o).mean() for o in model(x)).backward()
+        grads.append({k: p.grad.clone() for k, p in model.named_parameters()})
+    # 4 layers, and stage 0's again in the recomputation; then the custom op's run
+    assert taken == [True] * 5 + [False] * 5
+    for k in grads[0]:
+        assert torch.equal(grads[0][k], grads[1][k]), k
+
+
 def test_init_weights_default_and_our_checkpoint(tmp_path):
     src = GroupMambaClassifier(SMALL_ARCH, num_classes=4)
     # mmengine-style checkpoint of the whole classifier
