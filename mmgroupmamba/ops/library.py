@@ -18,6 +18,11 @@ Without C, ``y`` is the hidden states (batch, dim, N, H, W) in float32 and
 chunk-start states the Triton backward recomputes from (empty for the
 reference, whose backward re-runs autograd on the reference).
 
+Plain eager calls of the Triton kernels run the two ops' bodies from
+:class:`EagerScan` instead, without the custom ops' dispatch (host time, see
+there); whatever traces, counts or transforms the call still gets the ops
+(:func:`eager_fast_path`).
+
 FLOPs follow the fvcore/VMamba convention (``flops_selective_scan_fn``):
 ``9 * batch * L * dim * N`` for the recurrence plus ``batch * dim * L`` for
 each of the D skip and the z gate, counted as multiply-accumulates the way
@@ -162,10 +167,11 @@ class EagerScan(torch.autograd.Function):
     bodies (``_scan_fwd``, ``_scan_bwd``) called directly.
 
     A ``torch.library.custom_op`` call goes through the dispatcher, the op's
-    Python autograd wrapper and its implementation wrapper; in eager training
-    that host work, about 1.3 ms per forward + backward of GroupMamba's scan
-    on an H100 host, is longer than the kernels of a small map
-    (``tools/benchmark_scan_host.py``, docs/benchmarks.md). The entry points
+    Python autograd wrapper and its implementation wrapper. On the H100
+    machine a forward + backward of GroupMamba's scan took 1.8-2.6 ms of host
+    time through the ops, 10-23% more than through this path, against 30-60
+    us of kernels (``tools/benchmark_scan_host.py``, docs/benchmarks.md): in
+    eager training the host sets the pace. The entry points
     take this path only where nothing needs to see the op
     (:func:`eager_fast_path`); torch.compile, ``FlopCounterMode``, fake tensors
     and the functorch transforms get the custom op. Not twice

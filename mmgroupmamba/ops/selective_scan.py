@@ -10,7 +10,9 @@ copies). ``selective_scan`` is the 2D op on a 1 x L map.
 Backends: ``'reference'`` (pure PyTorch, :mod:`.reference`) and ``'triton'``
 (:mod:`.triton_scan`). ``backend=None`` picks Triton for CUDA tensors and the
 reference otherwise. Both run behind the custom op
-``torch.ops.mmgroupmamba.selective_scan_2d_fwd`` (:mod:`.library`).
+``torch.ops.mmgroupmamba.selective_scan_2d_fwd`` (:mod:`.library`); plain
+eager calls of the Triton kernels run its body without the op's dispatch
+(``library.EagerScan``).
 """
 import os
 from typing import Optional, Sequence, Tuple, Union
