@@ -21,6 +21,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.flop_counter import conv_flop_count, register_flop_formula
 
+from .dispatch import op_or_body
+
 
 def _out_size(size: int, k: int, stride: int, padding: int, dilation: int) -> int:
     return (size + 2 * padding - dilation * (k - 1) - 1) // stride + 1
@@ -36,8 +38,7 @@ def _check(x: Tensor, weight: Tensor, bias: Tensor, groups: int) -> None:
         raise ValueError(f'bias: expected shape ({weight.shape[0]},), got {tuple(bias.shape)}')
 
 
-@torch.library.custom_op('mmgroupmamba::conv2d_bias_relu', mutates_args=())
-def conv2d_bias_relu(x: Tensor, weight: Tensor, bias: Tensor, stride: List[int],
+def _conv2d_bias_relu(x: Tensor, weight: Tensor, bias: Tensor, stride: List[int],
                      padding: List[int], dilation: List[int], groups: int) -> Tensor:
     """``relu(F.conv2d(x, weight, bias, stride, padding, dilation, groups))``,
     on CUDA as one cuDNN call.
@@ -58,7 +59,12 @@ def conv2d_bias_relu(x: Tensor, weight: Tensor, bias: Tensor, stride: List[int],
     return y.contiguous(memory_format=torch.channels_last)
 
 
-@conv2d_bias_relu.register_fake
+_conv2d_bias_relu_op = torch.library.custom_op('mmgroupmamba::conv2d_bias_relu',
+                                               _conv2d_bias_relu, mutates_args=())
+conv2d_bias_relu = op_or_body(_conv2d_bias_relu_op, _conv2d_bias_relu)
+
+
+@_conv2d_bias_relu_op.register_fake
 def _conv2d_bias_relu_fake(x, weight, bias, stride, padding, dilation, groups):
     _check(x, weight, bias, groups)
     kh, kw = weight.shape[-2:]

@@ -34,6 +34,8 @@ import triton.language as tl
 from torch import Tensor
 from torch.utils.flop_counter import register_flop_formula
 
+from .dispatch import op_or_body
+
 _INTERPRET = os.environ.get('TRITON_INTERPRET', '0') == '1'
 
 #: Activations the kernel applies to its output (None: the conv alone).
@@ -109,8 +111,7 @@ def _check(x: Tensor, weight: Tensor, bias: Optional[Tensor], activation: Option
     return k
 
 
-@torch.library.custom_op('mmgroupmamba::depthwise_conv2d', mutates_args=())
-def depthwise_conv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
+def _depthwise_conv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
                      activation: Optional[str] = None) -> Tensor:
     """``act(F.conv2d(x, weight, bias, padding=k // 2, groups=C))`` by the
     Triton kernel (stride 1, "same" zero padding, k odd).
@@ -137,7 +138,12 @@ def depthwise_conv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
     return y
 
 
-@depthwise_conv2d.register_fake
+_depthwise_conv2d_op = torch.library.custom_op('mmgroupmamba::depthwise_conv2d',
+                                               _depthwise_conv2d, mutates_args=())
+depthwise_conv2d = op_or_body(_depthwise_conv2d_op, _depthwise_conv2d)
+
+
+@_depthwise_conv2d_op.register_fake
 def _depthwise_conv2d_fake(x, weight, bias=None, activation=None):
     _check(x, weight, bias, activation)
     return torch.empty_like(x, memory_format=torch.channels_last)

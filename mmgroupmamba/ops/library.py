@@ -38,6 +38,7 @@ from torch.autograd.function import once_differentiable
 from torch.utils.flop_counter import register_flop_formula
 
 from . import triton_scan
+from .dispatch import plain_eager
 from .reference import map_shape, selective_scan_2d_ref
 
 
@@ -201,14 +202,9 @@ class EagerScan(torch.autograd.Function):
 
 def eager_fast_path(use_triton: bool) -> bool:
     """Whether a scan may run as :class:`EagerScan`: the Triton kernels
-    (the reference's host time does not matter), and no tracer, mode or
-    transform that must see the custom op (torch.compile, torch.jit.trace,
-    a TorchDispatchMode such as ``FlopCounterMode`` or fake tensors, a
-    TorchFunctionMode, functorch's vmap/grad)."""
-    return (use_triton and not torch.compiler.is_compiling() and not torch.jit.is_tracing()
-            and torch._C._len_torch_dispatch_stack() == 0
-            and not torch._C._is_torch_function_mode_enabled()
-            and not torch._C._are_functorch_transforms_active())
+    (the reference's host time does not matter) in a plain eager call, one
+    that no tracer, mode or transform must see (:func:`.dispatch.plain_eager`)."""
+    return use_triton and plain_eager()
 
 
 def selective_scan_flops(batch: int, dim: int, length: int, n_state: int,

@@ -53,7 +53,7 @@ import triton.language as tl
 from torch import Tensor
 from torch.utils.flop_counter import register_flop_formula
 
-from .dispatch import fp32_cuda_inference
+from .dispatch import fp32_cuda_inference, op_or_body
 
 _INTERPRET = os.environ.get('TRITON_INTERPRET', '0') == '1'
 
@@ -189,8 +189,7 @@ def _prefer_triton(x: Tensor, w_hi: Tensor, w_lo: Tensor, bias: Optional[Tensor]
     return _FASTER[key]
 
 
-@torch.library.custom_op('mmgroupmamba::linear_tf32x3', mutates_args=())
-def linear_tf32x3(x: Tensor, w_hi: Tensor, w_lo: Tensor, bias: Optional[Tensor]) -> Tensor:
+def _linear_tf32x3(x: Tensor, w_hi: Tensor, w_lo: Tensor, bias: Optional[Tensor]) -> Tensor:
     """float32 linear on a split weight: the Triton GEMM, or cuBLAS where
     that was measured faster for the shape (on the CPU: always Triton, the
     interpreter)."""
@@ -199,7 +198,12 @@ def linear_tf32x3(x: Tensor, w_hi: Tensor, w_lo: Tensor, bias: Optional[Tensor])
     return linear_triton(x, w_hi, w_lo, bias)
 
 
-@linear_tf32x3.register_fake
+_linear_tf32x3_op = torch.library.custom_op('mmgroupmamba::linear_tf32x3', _linear_tf32x3,
+                                            mutates_args=())
+linear_tf32x3 = op_or_body(_linear_tf32x3_op, _linear_tf32x3)
+
+
+@_linear_tf32x3_op.register_fake
 def _linear_fake(x, w_hi, w_lo, bias):
     return x.new_empty((*x.shape[:-1], w_hi.shape[0]))
 
@@ -304,8 +308,7 @@ def _out_buffer(x: Tensor, n: int, group_major: bool) -> Tensor:
     return x.new_empty(g, m, n) if group_major else x.new_empty(m, g, n).transpose(0, 1)
 
 
-@torch.library.custom_op('mmgroupmamba::grouped_linear_bmm', mutates_args=())
-def grouped_linear_bmm(x: Tensor, weights: List[Tensor], group_major: bool = False
+def _grouped_linear_bmm(x: Tensor, weights: List[Tensor], group_major: bool = False
                        ) -> List[Tensor]:
     """One cuBLAS batched GEMM per weight, on group-strided views.
 
@@ -327,7 +330,12 @@ def grouped_linear_bmm(x: Tensor, weights: List[Tensor], group_major: bool = Fal
     return [torch.bmm(x, w, out=_out_buffer(x, w.shape[2], group_major)) for w in weights]
 
 
-@grouped_linear_bmm.register_fake
+_grouped_linear_bmm_op = torch.library.custom_op('mmgroupmamba::grouped_linear_bmm',
+                                                 _grouped_linear_bmm, mutates_args=())
+grouped_linear_bmm = op_or_body(_grouped_linear_bmm_op, _grouped_linear_bmm)
+
+
+@_grouped_linear_bmm_op.register_fake
 def _grouped_linear_bmm_fake(x, weights, group_major=False):
     return [_out_buffer(x, w.shape[2], group_major) for w in weights]
 
