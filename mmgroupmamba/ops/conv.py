@@ -11,8 +11,10 @@ GroupMamba-B's fp32 inference step on an H100, whose stem writes three
 64 x 112 x 112 maps per image (docs/benchmarks.md).
 
 aten's op has no fake (meta) kernel, so ``torch.compile`` cannot trace it;
-:func:`conv2d_bias_relu` wraps it as a custom op with one. Off CUDA (or
-with cuDNN disabled) the op is ``relu(conv2d(...))``.
+:func:`conv2d_bias_relu` wraps it as a custom op with one (plain eager calls
+run the op's body without its dispatch, see
+:func:`~mmgroupmamba.ops.dispatch.op_or_body`). Off CUDA (or with cuDNN
+disabled) the op is ``relu(conv2d(...))``.
 """
 from typing import List
 

@@ -21,7 +21,9 @@ has the input's dtype.
 No autograd: it serves inference (``torch.no_grad``/``inference_mode``) only;
 :class:`~mmgroupmamba.models.common.DepthwiseConv2d` keeps cuDNN whenever a
 gradient is needed. It is a custom op (``mmgroupmamba::depthwise_conv2d``)
-with a fake kernel, so ``torch.compile`` traces it without a graph break.
+with a fake kernel, so ``torch.compile`` traces it without a graph break;
+plain eager calls run its body without the op's dispatch
+(:func:`~mmgroupmamba.ops.dispatch.op_or_body`).
 """
 import contextlib
 import math

@@ -32,7 +32,10 @@ goes to ``F.linear``: the CPU, autocast (its fp16/bf16 GEMMs use tensor cores
 already), the batch-sized GEMMs of the channel attention, and
 ``fp32_gemm='ieee'``. The Triton path is a custom op
 (``mmgroupmamba::linear_tf32x3``) with a fake kernel, so ``torch.compile``
-traces it without a graph break. Its backward uses cuBLAS: the fast path is
+traces it without a graph break (plain eager calls that need no gradient run
+its body without the op's dispatch, see
+:func:`~mmgroupmamba.ops.dispatch.op_or_body`; so does
+:func:`grouped_linear_bmm`). Its backward uses cuBLAS: the fast path is
 meant for fp32 inference, and fp32 training through it stays correct.
 
 :func:`grouped_linear` is the grouped projection of GroupMamba's SSM (G
