@@ -1,4 +1,4 @@
-"""Input builders and comparison helpers shared by the selective-scan tests."""
+"""Input builders, comparison helpers and a pass-through mode shared by the ops tests."""
 from typing import Dict, Optional, Sequence
 
 import torch
@@ -7,6 +7,14 @@ from mmgroupmamba.ops import selective_scan_2d
 from mmgroupmamba.ops.reference import selective_scan_2d_ref
 
 GRAD_NAMES = ('u', 'delta', 'A', 'B', 'C', 'D', 'z', 'delta_bias')
+
+
+class PassThroughMode(torch.overrides.TorchFunctionMode):
+    """A torch-function mode that changes nothing: with one active the
+    package must call its custom ops as ops (what a tracer would need)."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        return func(*args, **(kwargs or {}))
 
 
 def make_inputs(batch: int, dim: int, groups: int, n_state: int, height: int, width: int,

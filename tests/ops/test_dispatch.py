@@ -2,14 +2,10 @@
 their bodies directly in plain eager calls without gradients, the ops
 wherever something must see them."""
 import torch
+from scan_utils import PassThroughMode
 from torch.utils.flop_counter import FlopCounterMode
 
 from mmgroupmamba.ops.dispatch import op_or_body, plain_eager
-
-
-class _PassThrough(torch.overrides.TorchFunctionMode):
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        return func(*args, **(kwargs or {}))
 
 
 def _spied():
@@ -37,7 +33,7 @@ def test_body_in_plain_eager_calls_op_otherwise():
     with FlopCounterMode(display=False):  # a dispatch mode
         assert not plain_eager()
         fn(x)
-    with _PassThrough():                  # a function mode
+    with PassThroughMode():                  # a function mode
         fn(x)
     torch.compile(lambda t: fn(t) + 1, backend='eager', fullgraph=True)(x)
     assert calls == ['body', 'body', 'op', 'op', 'op', 'op', 'op']

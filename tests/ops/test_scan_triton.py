@@ -6,7 +6,7 @@ Runs under TRITON_INTERPRET=1 on CPU by default (tests/conftest.py); with
 """
 import pytest
 import torch
-from scan_utils import GRAD_NAMES, make_inputs, rel_err, run_scan
+from scan_utils import GRAD_NAMES, PassThroughMode, make_inputs, rel_err, run_scan
 
 from mmgroupmamba.ops import selective_scan, selective_scan_2d
 
@@ -599,14 +599,6 @@ def test_nan_delta_gives_nan(kernel_device):
                                rtol=5e-6, atol=0)
 
 
-class _PassThrough(torch.overrides.TorchFunctionMode):
-    """A torch-function mode that changes nothing: with one active the
-    entry point must take the custom op (what a tracer would need)."""
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        return func(*args, **(kwargs or {}))
-
-
 def test_eager_calls_skip_the_custom_op_dispatch(kernel_device, monkeypatch):
     """Plain eager Triton calls run EagerScan (no custom-op dispatch); with
     a mode active they run the custom op; both give the same values and
@@ -614,7 +606,7 @@ def test_eager_calls_skip_the_custom_op_dispatch(kernel_device, monkeypatch):
     inp = make_inputs(2, 8, 4, 1, 3, 5, device=kernel_device)
     dirs = ('lr', 'tb', 'rl', 'bt')
     y, last, grads = run_scan(inp, dirs, True, backend='triton')
-    with _PassThrough():
+    with PassThroughMode():
         y_op, last_op, grads_op = run_scan(inp, dirs, True, backend='triton')
     assert torch.equal(y, y_op) and torch.equal(last, last_op)
     assert set(grads) == set(grads_op) == set(GRAD_NAMES)
@@ -624,7 +616,7 @@ def test_eager_calls_skip_the_custom_op_dispatch(kernel_device, monkeypatch):
     kw = dict(D=inp['D'], z=inp['z'], delta_bias=inp['delta_bias'], delta_softplus=True)
     assert type(selective_scan_2d(*args, dirs, backend='triton', **kw).grad_fn).__name__ == \
         'EagerScanBackward'
-    with _PassThrough():
+    with PassThroughMode():
         node = type(selective_scan_2d(*args, dirs, backend='triton', **kw).grad_fn).__name__
     assert node != 'EagerScanBackward'
     # an unused last state's gradient reaches the kernel as None (the custom
@@ -637,7 +629,7 @@ def test_eager_calls_skip_the_custom_op_dispatch(kernel_device, monkeypatch):
         return real(dy, dlast, *rest)
     monkeypatch.setattr(triton_scan, 'selective_scan_2d_bwd_triton', spy)
     selective_scan_2d(*args, dirs, backend='triton', **kw).sum().backward()
-    with _PassThrough():
+    with PassThroughMode():
         selective_scan_2d(*args, dirs, backend='triton', **kw).sum().backward()
     assert seen[0] is None and len(seen) == 2
     assert seen[1].shape == last.shape and not seen[1].any()
