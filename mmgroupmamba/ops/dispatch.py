@@ -15,6 +15,7 @@ import functools
 from typing import Callable
 
 import torch
+import torch.fx
 from torch import Tensor
 
 
@@ -30,12 +31,19 @@ def fp32_cuda_inference(x: Tensor, *params: Tensor) -> bool:
                      and (x.requires_grad or any(p.requires_grad for p in params))))
 
 
+# fx's symbolic tracing (newer torch names it apart from export, whose
+# is_fx_tracing also logs a warning)
+_fx_tracing = getattr(torch.fx._symbolic_trace, 'is_fx_symbolic_tracing',
+                      torch.fx._symbolic_trace.is_fx_tracing)
+
+
 def plain_eager() -> bool:
     """Whether nothing needs to see the package's custom ops as ops: no
-    ``torch.compile`` or ``torch.jit.trace`` tracing, no TorchDispatchMode
-    (``FlopCounterMode``, fake tensors), no TorchFunctionMode, no functorch
-    transform (vmap, grad)."""
+    ``torch.compile``, ``torch.jit.trace`` or ``torch.fx.symbolic_trace``
+    tracing, no TorchDispatchMode (``FlopCounterMode``, fake tensors), no
+    TorchFunctionMode, no functorch transform (vmap, grad)."""
     return (not torch.compiler.is_compiling() and not torch.jit.is_tracing()
+            and not _fx_tracing()
             and torch._C._len_torch_dispatch_stack() == 0
             and not torch._C._is_torch_function_mode_enabled()
             and not torch._C._are_functorch_transforms_active())
