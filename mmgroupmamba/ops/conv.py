@@ -41,7 +41,7 @@ def _check(x: Tensor, weight: Tensor, bias: Tensor, groups: int) -> None:
 
 
 def _conv2d_bias_relu(x: Tensor, weight: Tensor, bias: Tensor, stride: List[int],
-                     padding: List[int], dilation: List[int], groups: int) -> Tensor:
+                      padding: List[int], dilation: List[int], groups: int) -> Tensor:
     """``relu(F.conv2d(x, weight, bias, stride, padding, dilation, groups))``,
     on CUDA as one cuDNN call.
 

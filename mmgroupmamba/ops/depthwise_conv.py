@@ -114,7 +114,7 @@ def _check(x: Tensor, weight: Tensor, bias: Optional[Tensor], activation: Option
 
 
 def _depthwise_conv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
-                     activation: Optional[str] = None) -> Tensor:
+                      activation: Optional[str] = None) -> Tensor:
     """``act(F.conv2d(x, weight, bias, padding=k // 2, groups=C))`` by the
     Triton kernel (stride 1, "same" zero padding, k odd).
 

@@ -312,7 +312,7 @@ def _out_buffer(x: Tensor, n: int, group_major: bool) -> Tensor:
 
 
 def _grouped_linear_bmm(x: Tensor, weights: List[Tensor], group_major: bool = False
-                       ) -> List[Tensor]:
+                        ) -> List[Tensor]:
     """One cuBLAS batched GEMM per weight, on group-strided views.
 
     Args:
