@@ -119,7 +119,8 @@ _HW_MATH = tl.constexpr(not _INTERPRET)
 #: off channel pairs (:func:`_layout`) and the backward's lane sums
 #: (:func:`_lane_sums_fit`); 'CK_CM' (0 or 1) sets the checkpoints' layout
 #: (:func:`_ckpt_off`); 'EVICT_LAST' (0 or 1) the forward's L2 policy for u
-#: and y (:func:`_l2_policy`).
+#: and y (:func:`_l2_policy`); 'MEM_T' (0 or 1) whether the memory ops take
+#: the tiles transposed (:func:`_ties_last`).
 CONFIG_OVERRIDE: Dict[str, int] = {}
 
 
@@ -231,7 +232,7 @@ def scan_config(batch: int, dim: int, groups: int, n_state: int, height: int, wi
     ck_cm = ov.get('CK_CM', int(nch >= 64))
     cfg = dict(BD=bd, NP=np_, R=r, NJ=nj, NCH=nch, CPS=cps, NSEG=_cdiv(nch, cps), N_DT=n_dt,
                CK_CM=ck_cm, num_warps=warps, VEC=ov.get('VEC', 2),
-               LANE_SUMS=ov.get('LANE_SUMS', 1))
+               LANE_SUMS=ov.get('LANE_SUMS', 1), MEM_T=ov.get('MEM_T', int(_ties_last())))
     if single and 'num_warps' not in ov:
         cfg['num_warps_single'] = single
     return cfg
@@ -390,16 +391,51 @@ def _off(ch, base, so, si, o, ii, CH_PAIRS: tl.constexpr):
     ``CH_PAIRS`` asserts that pairs of channels are adjacent in memory (the
     caller knows: channel stride 1, one state) for the tile [NJ, R, BK]. It
     sets Triton's layout: the coalescing pass orders a tile's axes by their
-    contiguity, ties by axis index, so channels, then runs, go across lanes
-    and the steps of a run stay inside a thread; the scans along a run need
-    no shuffles. (The real contiguity, 16 channels, would give 4-channel
-    vectors, and those put steps across warps.) Without it ([R, NJ, BK] of
-    maps not channels-last) the steps go across lanes, and a warp reads
-    whole rows of a channels-first map."""
+    contiguity, ties by axis index (the memory ops take the tile transposed
+    where Triton breaks ties last axis first, see :func:`_ties_last`), so
+    channels, then runs, go across lanes and the steps of a run stay inside
+    a thread; the scans along a run need no shuffles. (The real contiguity,
+    16 channels, would give 4-channel vectors, and those put steps across
+    warps.) Without it ([R, NJ, BK] of maps not channels-last) the steps go
+    across lanes, and a warp reads whole rows of a channels-first map."""
     off = ch[None, None, :] + (base + o * so + ii * si)[:, :, None]
     if CH_PAIRS:
         off = tl.max_contiguous(off, [1, 1, 2])
     return off
+
+
+@triton.jit
+def _ld(ptrs, mask, other, MEM_T: tl.constexpr, POLICY: tl.constexpr):
+    """``tl.load`` of a [NJ, R, .] tile; ``MEM_T``: through its transpose
+    [R, NJ, .], so that Triton >= 3.7 lays it out as 3.6 does (see
+    :func:`_off` and :func:`_ties_last`). The transposes move no data:
+    they relabel the layout's axes."""
+    if MEM_T:
+        return tl.permute(tl.load(tl.permute(ptrs, (1, 0, 2)), mask=tl.permute(mask, (1, 0, 2)),
+                                  other=other, eviction_policy=POLICY), (1, 0, 2))
+    return tl.load(ptrs, mask=mask, other=other, eviction_policy=POLICY)
+
+
+@triton.jit
+def _st(ptrs, value, mask, MEM_T: tl.constexpr, POLICY: tl.constexpr):
+    """``tl.store`` of a [NJ, R, .] tile, transposed with ``MEM_T`` (see
+    :func:`_ld`)."""
+    if MEM_T:
+        tl.store(tl.permute(ptrs, (1, 0, 2)), tl.permute(value, (1, 0, 2)),
+                 mask=tl.permute(mask, (1, 0, 2)), eviction_policy=POLICY)
+    else:
+        tl.store(ptrs, value, mask=mask, eviction_policy=POLICY)
+
+
+@triton.jit
+def _add(ptrs, value, mask, MEM_T: tl.constexpr):
+    """``tl.atomic_add`` of a [NJ, R, .] tile, transposed with ``MEM_T``
+    (see :func:`_ld`)."""
+    if MEM_T:
+        tl.atomic_add(tl.permute(ptrs, (1, 0, 2)), tl.permute(value, (1, 0, 2)),
+                      mask=tl.permute(mask, (1, 0, 2)))
+    else:
+        tl.atomic_add(ptrs, value, mask=mask)
 
 
 @triton.jit
@@ -714,8 +750,8 @@ def _fwd_kernel(u_ptr, dt_ptr, z_ptr, y_ptr, A_ptr, D_ptr, bias_ptr, B_ptr, C_pt
                 SOFTPLUS: tl.constexpr, SUMMARY: tl.constexpr, SAVE_CKPT: tl.constexpr,
                 STATES: tl.constexpr, SA: tl.constexpr,
                 EVEN: tl.constexpr, GROUPED: tl.constexpr, VEC: tl.constexpr,
-                SHIFT: tl.constexpr, CK_CM: tl.constexpr, U_POLICY: tl.constexpr,
-                Y_POLICY: tl.constexpr):
+                SHIFT: tl.constexpr, MEM_T: tl.constexpr, CK_CM: tl.constexpr,
+                U_POLICY: tl.constexpr, Y_POLICY: tl.constexpr):
     g, b, seg, code, d, dl, nk, kmask, kmask_ld = _program(dir_bits, dim, per, N, N_DT, BD, NP,
                                                            VEC, SHIFT, GROUPED)
     su0, sug, su1, su2, su3 = _vs((su0, sug, su1, su2, su3), VEC, GROUPED)
@@ -765,17 +801,16 @@ def _fwd_kernel(u_ptr, dt_ptr, z_ptr, y_ptr, A_ptr, D_ptr, bias_ptr, B_ptr, C_pt
     runs = _runs(c_start, rpl, NJ)
     o, ii, valid = _slots(runs, n_outer, n_inner, R, SA, EVEN)
     m3 = valid[:, :, None] & kmask_ld[None, None, :] & (c_start < c_end)
-    u_n = tl.load(u_b + _off(u_ch, bu, ou, iu, o, ii, SA == 1), mask=m3, other=0.0,
-                      eviction_policy=U_POLICY)
-    dt_n = tl.load(dt_b + _off(dt_ch, bd_, od, id_, o, ii, SA == 1), mask=m3, other=0.0)
-    B_n = tl.load(B_b + _off(b_ch, bb, ob, ib, o, ii, False),
-                  mask=_bc_mask(valid[:, :, None] & (c_start < c_end), m3, NP), other=0.0)
+    u_n = _ld(u_b + _off(u_ch, bu, ou, iu, o, ii, SA == 1), m3, 0.0, MEM_T, U_POLICY)
+    dt_n = _ld(dt_b + _off(dt_ch, bd_, od, id_, o, ii, SA == 1), m3, 0.0, MEM_T, '')
+    B_n = _ld(B_b + _off(b_ch, bb, ob, ib, o, ii, False),
+              _bc_mask(valid[:, :, None] & (c_start < c_end), m3, NP), 0.0, MEM_T, '')
     # C too (not in the states mode, which has none): loaded in its own
     # iteration, its latency was exposed before the y stores (ncu).
     C_n = tl.zeros(B_n.shape, B_n.dtype)
     if not (STATES or SUMMARY):
-        C_n = tl.load(C_b + _off(c_ch, bc, oc, ic, o, ii, False),
-                      mask=_bc_mask(valid[:, :, None] & (c_start < c_end), m3, NP), other=0.0)
+        C_n = _ld(C_b + _off(c_ch, bc, oc, ic, o, ii, False),
+                  _bc_mask(valid[:, :, None] & (c_start < c_end), m3, NP), 0.0, MEM_T, '')
     for c in range(c_start, c_end):
         u = u_n.to(tl.float32)
         dt_raw = dt_n.to(tl.float32)
@@ -784,14 +819,13 @@ def _fwd_kernel(u_ptr, dt_ptr, z_ptr, y_ptr, A_ptr, D_ptr, bias_ptr, B_ptr, C_pt
         runs_n = _shift_runs(runs[0], runs[1], dq, dr, rpl, True)
         o, ii, valid = _slots(runs_n, n_outer, n_inner, R, SA, EVEN)
         m3 = valid[:, :, None] & kmask_ld[None, None, :] & (c + 1 < c_end)
-        u_n = tl.load(u_b + _off(u_ch, bu, ou, iu, o, ii, SA == 1), mask=m3, other=0.0,
-                      eviction_policy=U_POLICY)
-        dt_n = tl.load(dt_b + _off(dt_ch, bd_, od, id_, o, ii, SA == 1), mask=m3, other=0.0)
-        B_n = tl.load(B_b + _off(b_ch, bb, ob, ib, o, ii, False),
-                      mask=_bc_mask(valid[:, :, None] & (c + 1 < c_end), m3, NP), other=0.0)
+        u_n = _ld(u_b + _off(u_ch, bu, ou, iu, o, ii, SA == 1), m3, 0.0, MEM_T, U_POLICY)
+        dt_n = _ld(dt_b + _off(dt_ch, bd_, od, id_, o, ii, SA == 1), m3, 0.0, MEM_T, '')
+        B_n = _ld(B_b + _off(b_ch, bb, ob, ib, o, ii, False),
+                  _bc_mask(valid[:, :, None] & (c + 1 < c_end), m3, NP), 0.0, MEM_T, '')
         if not (STATES or SUMMARY):
-            C_n = tl.load(C_b + _off(c_ch, bc, oc, ic, o, ii, False),
-                          mask=_bc_mask(valid[:, :, None] & (c + 1 < c_end), m3, NP), other=0.0)
+            C_n = _ld(C_b + _off(c_ch, bc, oc, ic, o, ii, False),
+                      _bc_mask(valid[:, :, None] & (c + 1 < c_end), m3, NP), 0.0, MEM_T, '')
         o, ii, valid = _slots(runs, n_outer, n_inner, R, SA, EVEN)
         runs = runs_n
         m3 = valid[:, :, None] & kmask[None, None, :]
@@ -807,7 +841,7 @@ def _fwd_kernel(u_ptr, dt_ptr, z_ptr, y_ptr, A_ptr, D_ptr, bias_ptr, B_ptr, C_pt
         elif STATES:
             by, oy, iy = _line(sy2, sy3, col, rev, n_outer, n_inner)
             off_y = _off(_chan(syg, sy1, g, d, dl, GROUPED) + nk * syn, by, oy, iy, o, ii, SA == 1)
-            tl.store(y_ptr + b64 * sy0 + off_y, hs, mask=m3)
+            _st(y_ptr + b64 * sy0 + off_y, hs, m3, MEM_T, '')
         else:
             y = _sum_states(hs * Cv, BD, NP)
             if HAS_D:
@@ -815,12 +849,12 @@ def _fwd_kernel(u_ptr, dt_ptr, z_ptr, y_ptr, A_ptr, D_ptr, bias_ptr, B_ptr, C_pt
             if HAS_Z:
                 bz, oz, iz = _line(sz2, sz3, col, rev, n_outer, n_inner)
                 off_z = _off(_chan(szg, sz1, g, d, dl, GROUPED), bz, oz, iz, o, ii, SA == 1)
-                zv = tl.load(z_ptr + b64 * sz0 + off_z, mask=m3, other=0.0).to(tl.float32)
+                zv = _ld(z_ptr + b64 * sz0 + off_z, m3, 0.0, MEM_T, '').to(tl.float32)
                 y = y * zv * _sigmoid(zv)
             by, oy, iy = _line(sy2, sy3, col, rev, n_outer, n_inner)
             off_y = _off(_chan(syg, sy1, g, d, dl, GROUPED), by, oy, iy, o, ii, SA == 1)
-            tl.store(y_ptr + b64 * sy0 + off_y, y.to(y_ptr.dtype.element_ty),
-                     mask=m3 & (nk == 0)[None, None, :], eviction_policy=Y_POLICY)
+            _st(y_ptr + b64 * sy0 + off_y, y.to(y_ptr.dtype.element_ty),
+                m3 & (nk == 0)[None, None, :], MEM_T, Y_POLICY)
     if SUMMARY:
         soff = _carry(((b * dim + d) * NSEG + seg) * N + nk, SA)
         tl.store(sp_ptr + soff, p_seg, mask=_carry(kmask, SA))
@@ -838,7 +872,7 @@ def _bwd_loads(runs, live, n_outer, n_inner, col, rev, kmask, b64, g, d, dl, nk,
                u_ptr, dt_ptr, z_ptr, dy_ptr, B_ptr, C_ptr, su, sd, sz, sdy, sb, sc,
                R: tl.constexpr, HAS_Z: tl.constexpr, STATES: tl.constexpr,
                FULL: tl.constexpr, NP: tl.constexpr, SA: tl.constexpr,
-               EVEN: tl.constexpr, GROUPED: tl.constexpr):
+               EVEN: tl.constexpr, GROUPED: tl.constexpr, MEM_T: tl.constexpr):
     """Raw [NJ, R, BK] tiles of a chunk's runs (see :func:`_runs`) for the
     backward (all-masked unless live): delta, u, B, dy (or the states'
     gradient: its state stride is 0 for y), C, z. Without FULL (the summary
@@ -846,12 +880,12 @@ def _bwd_loads(runs, live, n_outer, n_inner, col, rev, kmask, b64, g, d, dl, nk,
     o, ii, valid = _slots(runs, n_outer, n_inner, R, SA, EVEN)
     m3 = valid[:, :, None] & kmask[None, None, :] & live
     bd_, od, id_ = _line(sd[3], sd[4], col, rev, n_outer, n_inner)
-    dt = tl.load(dt_ptr + b64 * sd[0] + _off(_chan(sd[1], sd[2], g, d, dl, GROUPED), bd_, od, id_,
-                                             o, ii, SA == 1), mask=m3, other=0.0)
+    dt = _ld(dt_ptr + b64 * sd[0] + _off(_chan(sd[1], sd[2], g, d, dl, GROUPED), bd_, od, id_,
+                                         o, ii, SA == 1), m3, 0.0, MEM_T, '')
     by, oy, iy = _line(sdy[4], sdy[5], col, rev, n_outer, n_inner)
-    dy = tl.load(dy_ptr + b64 * sdy[0] + _off(_chan(sdy[1], sdy[2], g, d, dl, GROUPED)
-                                              + nk * sdy[3], by, oy, iy, o, ii, SA == 1),
-                 mask=m3, other=0.0)
+    dy = _ld(dy_ptr + b64 * sdy[0] + _off(_chan(sdy[1], sdy[2], g, d, dl, GROUPED)
+                                          + nk * sdy[3], by, oy, iy, o, ii, SA == 1),
+             m3, 0.0, MEM_T, '')
     # (defined on every path: compiled Triton keeps only names that exist on
     # every path, even for a constexpr condition)
     u = tl.zeros([valid.shape[0], valid.shape[1], dl.shape[0]], dtype=u_ptr.dtype.element_ty)
@@ -862,19 +896,19 @@ def _bwd_loads(runs, live, n_outer, n_inner, col, rev, kmask, b64, g, d, dl, nk,
     zv = tl.zeros([valid.shape[0], valid.shape[1], dl.shape[0]], dtype=z_ptr.dtype.element_ty)
     if FULL:
         bu, ou, iu = _line(su[3], su[4], col, rev, n_outer, n_inner)
-        u = tl.load(u_ptr + b64 * su[0] + _off(_chan(su[1], su[2], g, d, dl, GROUPED), bu, ou, iu,
-                                               o, ii, SA == 1), mask=m3, other=0.0)
+        u = _ld(u_ptr + b64 * su[0] + _off(_chan(su[1], su[2], g, d, dl, GROUPED), bu, ou, iu,
+                                           o, ii, SA == 1), m3, 0.0, MEM_T, '')
         bb, ob, ib = _line(sb[3], sb[4], col, rev, n_outer, n_inner)
-        Bv = tl.load(B_ptr + b64 * sb[0] + _off(g * sb[1] + bc_k * sb[2], bb, ob, ib, o, ii, False),
-                     mask=m_bc, other=0.0)
+        Bv = _ld(B_ptr + b64 * sb[0] + _off(g * sb[1] + bc_k * sb[2], bb, ob, ib, o, ii, False),
+                 m_bc, 0.0, MEM_T, '')
     if not STATES:
         bc, oc, ic = _line(sc[3], sc[4], col, rev, n_outer, n_inner)
-        Cv = tl.load(C_ptr + b64 * sc[0] + _off(g * sc[1] + bc_k * sc[2], bc, oc, ic, o, ii, False),
-                     mask=m_bc, other=0.0)
+        Cv = _ld(C_ptr + b64 * sc[0] + _off(g * sc[1] + bc_k * sc[2], bc, oc, ic, o, ii, False),
+                 m_bc, 0.0, MEM_T, '')
     if HAS_Z:
         bz, oz, iz = _line(sz[3], sz[4], col, rev, n_outer, n_inner)
-        zv = tl.load(z_ptr + b64 * sz[0] + _off(_chan(sz[1], sz[2], g, d, dl, GROUPED), bz, oz, iz,
-                                                o, ii, SA == 1), mask=m3, other=0.0)
+        zv = _ld(z_ptr + b64 * sz[0] + _off(_chan(sz[1], sz[2], g, d, dl, GROUPED), bz, oz, iz,
+                                            o, ii, SA == 1), m3, 0.0, MEM_T, '')
     return dt, u, Bv, dy, Cv, zv
 
 
@@ -889,7 +923,7 @@ def _bwd_kernel(u_ptr, dt_ptr, z_ptr, dy_ptr, A_ptr, D_ptr, bias_ptr, B_ptr, C_p
                 SOFTPLUS: tl.constexpr, SUMMARY: tl.constexpr, HAS_DLAST: tl.constexpr,
                 ATOMIC_BC: tl.constexpr, STATES: tl.constexpr, SA: tl.constexpr,
                 EVEN: tl.constexpr, GROUPED: tl.constexpr, VEC: tl.constexpr,
-                SHIFT: tl.constexpr, LANE_SUMS: tl.constexpr):
+                SHIFT: tl.constexpr, MEM_T: tl.constexpr, LANE_SUMS: tl.constexpr):
     # (no pairs shifted over a group's edge: their neighbour's channels would
     # enter the sums over channels, dB and dC; see _layout)
     tl.static_assert(not SHIFT)
@@ -938,7 +972,7 @@ def _bwd_kernel(u_ptr, dt_ptr, z_ptr, dy_ptr, A_ptr, D_ptr, bias_ptr, B_ptr, C_p
     dt_n, u_n, B_n, dy_n, C_n, z_n = _bwd_loads(
         runs, c_start < c_end, n_outer, n_inner, col, rev, kmask_ld, b64, g, d, dl, nk,
         u_ptr, dt_ptr, z_ptr, dy_ptr, B_ptr, C_ptr, su, sd, sz, sdy, sb, sc,
-        R, HAS_Z, STATES, not SUMMARY, NP, SA, EVEN, GROUPED)
+        R, HAS_Z, STATES, not SUMMARY, NP, SA, EVEN, GROUPED, MEM_T)
     # The chunk-start checkpoints are prefetched with the inputs: with one
     # run per chunk (14x14 maps) their load latency was exposed every chunk.
     # (in either layout, see _ckpt_off; the channel stride ck_sd is not
@@ -958,7 +992,7 @@ def _bwd_kernel(u_ptr, dt_ptr, z_ptr, dy_ptr, A_ptr, D_ptr, bias_ptr, B_ptr, C_p
         dt_n, u_n, B_n, dy_n, C_n, z_n = _bwd_loads(
             runs_n, c - 1 >= c_start, n_outer, n_inner, col, rev, kmask_ld, b64, g, d, dl, nk,
             u_ptr, dt_ptr, z_ptr, dy_ptr, B_ptr, C_ptr, su, sd, sz, sdy, sb, sc,
-            R, HAS_Z, STATES, not SUMMARY, NP, SA, EVEN, GROUPED)
+            R, HAS_Z, STATES, not SUMMARY, NP, SA, EVEN, GROUPED, MEM_T)
         h0 = h0_n
         if not SUMMARY:
             h0_n = tl.load(ckpt_ptr + ck + (c - 1) * ck_sc, mask=ck_mask & (c - 1 >= c_start),
@@ -998,8 +1032,8 @@ def _bwd_kernel(u_ptr, dt_ptr, z_ptr, dy_ptr, A_ptr, D_ptr, bias_ptr, B_ptr, C_p
                 dzv = dy * y0 * zs * (1.0 + zv * (1.0 - zs))
                 bz, oz, iz = _line(sdz[3], sdz[4], col, rev, n_outer, n_inner)
                 off_dz = _off(_chan(sdz[1], sdz[2], g, d, dl, GROUPED), bz, oz, iz, o, ii, SA == 1)
-                tl.store(dz_ptr + b64 * sdz[0] + off_dz, dzv.to(dz_ptr.dtype.element_ty),
-                         mask=store_d)
+                _st(dz_ptr + b64 * sdz[0] + off_dz, dzv.to(dz_ptr.dtype.element_ty), store_d,
+                    MEM_T, '')
             ta = dhs * (hs - bx)                                         # dh_t a_t h_{t-1}
             dhB = dhs * Bv
             ddt = _sum_states(dhB * u + ta * A[None, None, :], BD, NP)
@@ -1012,12 +1046,12 @@ def _bwd_kernel(u_ptr, dt_ptr, z_ptr, dy_ptr, A_ptr, D_ptr, bias_ptr, B_ptr, C_p
             dbias_acc += tl.sum(ddt, axis=SA)
             bdu, odu, idu = _line(sdu[3], sdu[4], col, rev, n_outer, n_inner)
             off_du = _off(_chan(sdu[1], sdu[2], g, d, dl, GROUPED), bdu, odu, idu, o, ii, SA == 1)
-            tl.store(du_ptr + b64 * sdu[0] + off_du, du.to(du_ptr.dtype.element_ty), mask=store_d)
+            _st(du_ptr + b64 * sdu[0] + off_du, du.to(du_ptr.dtype.element_ty), store_d, MEM_T, '')
             bdd, odd, idd = _line(sddt[3], sddt[4], col, rev, n_outer, n_inner)
             off_ddt = _off(_chan(sddt[1], sddt[2], g, d, dl, GROUPED), bdd, odd, idd, o, ii,
                            SA == 1)
-            tl.store(ddt_ptr + b64 * sddt[0] + off_ddt, ddt.to(ddt_ptr.dtype.element_ty),
-                     mask=store_d)
+            _st(ddt_ptr + b64 * sddt[0] + off_ddt, ddt.to(ddt_ptr.dtype.element_ty), store_d,
+                MEM_T, '')
             # dB, dC: reduced over the tile's channels, one value per (step, state)
             if LANE_SUMS:
                 _store_lane_sums(_lane_sums(dhs * (dtv * u), hs * gy, BD), ro, rj, n_outer,
@@ -1028,18 +1062,18 @@ def _bwd_kernel(u_ptr, dt_ptr, z_ptr, dy_ptr, A_ptr, D_ptr, bias_ptr, B_ptr, C_p
                 off_db = b64 * sdb[0] + _off(g * sdb[1] + nn * sdb[2], bdb, odb, idb, o, ii, False)
                 dBt = _sum_channels(dhs * (dtv * u), BD, NP)
                 if ATOMIC_BC:
-                    tl.atomic_add(dB_ptr + off_db, dBt, mask=mbc)
+                    _add(dB_ptr + off_db, dBt, mbc, MEM_T)
                 else:
-                    tl.store(dB_ptr + off_db, dBt.to(dB_ptr.dtype.element_ty), mask=mbc)
+                    _st(dB_ptr + off_db, dBt.to(dB_ptr.dtype.element_ty), mbc, MEM_T, '')
                 if not STATES:
                     bdc, odc, idc = _line(sdc[3], sdc[4], col, rev, n_outer, n_inner)
                     off_dc = b64 * sdc[0] + _off(g * sdc[1] + nn * sdc[2], bdc, odc, idc, o, ii,
                                                  False)
                     dCt = _sum_channels(hs * gy, BD, NP)
                     if ATOMIC_BC:
-                        tl.atomic_add(dC_ptr + off_dc, dCt, mask=mbc)
+                        _add(dC_ptr + off_dc, dCt, mbc, MEM_T)
                     else:
-                        tl.store(dC_ptr + off_dc, dCt.to(dC_ptr.dtype.element_ty), mask=mbc)
+                        _st(dC_ptr + off_dc, dCt.to(dC_ptr.dtype.element_ty), mbc, MEM_T, '')
     if SUMMARY:
         soff = _carry(((b * dim + d) * NSEG + seg) * N + nk, SA)
         tl.store(sq_ptr + soff, q_seg, mask=_carry(kmask, SA))
@@ -1167,7 +1201,25 @@ def _layout(cfg: Dict[str, int], groups: int, per: int, *strides: Tuple[int, ...
     scaled = _scaled(grouped, *strides)
     vec = 2 if (sa == 1 and fits and pairs_in and not _proven(per, grouped, *strides)
                 and cfg.get('VEC', 2) == 2 and all(v % 2 == 0 for v in scaled)) else 1
-    return dict(SA=sa, GROUPED=grouped, VEC=vec, SHIFT=vec == 2 and not grouped and per % 2 == 1)
+    return dict(SA=sa, GROUPED=grouped, VEC=vec, SHIFT=vec == 2 and not grouped and per % 2 == 1,
+                MEM_T=int(sa == 1 and cfg.get('MEM_T', _ties_last())))
+
+
+def _ties_last() -> bool:
+    """Whether the kernels' memory ops take the [NJ, R, BK] tiles (steps
+    inside a thread, ``SA = 1``) transposed (``MEM_T``, see :func:`_ld`).
+
+    Triton's coalescing orders a load's or store's axes by their contiguity
+    and breaks ties (runs and steps: both 1) by axis index: the first axis
+    first up to 3.6, the last first from 3.7. On [NJ, R, BK] the newer rule
+    puts a run's steps across lanes: with triton 3.8 the GroupMamba-T
+    stage-1 loops compiled to 1098 instructions instead of 585 (forward) and
+    to 2468 with a spill instead of 1108 (backward; ``tools/scan_sass.py``).
+    On the transpose [R, NJ, BK] the last-first rule gives the lanes to the
+    runs, as the first-first rule does on [NJ, R, BK]. ``cfg['MEM_T']`` (0
+    or 1) overrides this version check in :func:`_layout` (a test and
+    benchmark hook)."""
+    return tuple(int(v) for v in triton.__version__.split('.')[:2]) >= (3, 7)
 
 
 def _lane_sums_fit(cfg: Dict[str, int], layout: Dict[str, int], per: int,

@@ -455,6 +455,54 @@ def test_forward_warps_follow_channel_pairs(gpu_heuristic, monkeypatch, layout, 
     assert (launches[-1]['num_warps'], launches[-1]['VEC']) == want
 
 
+@pytest.mark.parametrize('dim, groups', [(12, 4), (24, 2)])   # (24, 2): 3 tiles a group, atomics
+@pytest.mark.parametrize('mem_t', [0, 1])
+def test_transposed_memory_ops(mem_t, dim, groups, kernel_device, scan_override, monkeypatch):
+    """The memory ops on [NJ, R, BK] tiles taken through their transpose
+    (``MEM_T``, what Triton >= 3.7 needs for the 3.6 layout, see
+    ``triton_scan._ties_last``) or not: forward and every gradient against
+    float64 either way, on channels-last maps (the tiles with the steps
+    inside a thread) in all four directions, with z, dB/dC stored and added
+    atomically. Compiled, only the installed Triton's own choice: the other
+    one spreads a run's steps over lanes, and Triton 3.6 miscompiles the
+    scan across runs in that layout (wrong states with one warp; see
+    docs/benchmarks.md)."""
+    from mmgroupmamba.ops import triton_scan
+    if kernel_device == 'cuda' and mem_t != int(triton_scan._ties_last()):
+        pytest.skip('compiled: the layout this Triton version does not use')
+    chosen = []
+    layout_fn = triton_scan._layout
+    monkeypatch.setattr(triton_scan, '_layout', lambda *a, **k: chosen.append(
+        layout_fn(*a, **k)) or chosen[-1])
+    scan_override(BD=4, R=2, NJ=16, num_warps=1, num_warps_bwd=1, MEM_T=mem_t)
+    dirs = ('lr', 'tb', 'rl', 'bt')[:groups]
+    inp = make_inputs(2, dim, groups, 1, 5, 6, layout='channels_last', device=kernel_device,
+                      seed=dim + mem_t)
+    _check(inp, dirs, True, dy_like_y=True)
+    assert [(c['SA'], c['MEM_T']) for c in chosen] == [(1, mem_t)] * 2   # (forward, backward)
+
+
+def test_transposed_memory_ops_flag(scan_override):
+    """``MEM_T`` only for tiles with the steps inside a thread (``SA = 1``);
+    by default where Triton breaks contiguity ties last axis first (3.7 and
+    later); the override wins."""
+    import triton
+
+    from mmgroupmamba.ops.triton_scan import _layout, _map_strides, _ties_last, scan_config
+    nhwc = _map_strides(torch.zeros(2, 5, 6, 8).permute(0, 3, 1, 2), 2)
+    nchw = _map_strides(torch.zeros(2, 8, 5, 6), 2)
+    new = tuple(int(v) for v in triton.__version__.split('.')[:2]) >= (3, 7)
+    assert _ties_last() == new
+    cfg = dict(BD=4, NJ=4, R=2, NP=1, num_warps=1)
+    assert _layout(cfg, 2, 4, nhwc)['MEM_T'] == int(new)
+    assert _layout(cfg, 2, 4, nchw)['MEM_T'] == 0                     # steps across lanes
+    assert _layout(dict(cfg, MEM_T=1), 2, 4, nhwc)['MEM_T'] == 1
+    assert _layout(dict(cfg, MEM_T=0), 2, 4, nhwc)['MEM_T'] == 0
+    assert scan_config(2, 8, 2, 1, 5, 6, [0, 1], False)['MEM_T'] == int(new)
+    scan_override(MEM_T=1 - int(new))
+    assert scan_config(2, 8, 2, 1, 5, 6, [0, 1], False)['MEM_T'] == 1 - int(new)
+
+
 def test_step_axis():
     """The kernels' tile order: steps inside a thread ([NJ, R, BK], whose
     loads assert adjacent channel pairs; a wrong assertion would vectorise
