@@ -24,7 +24,7 @@ import subprocess
 import sys
 import types
 from collections import Counter, defaultdict
-from typing import Dict, List, Tuple
+from typing import Callable, Dict, List, Tuple
 
 import torch
 import triton
@@ -54,7 +54,8 @@ class _Sm90Driver:
 
 class _CompileOnly:
     """Stands in for a kernel: ``k[grid](...)`` compiles (no launch) and
-    keeps the main pass's kernel (not the split path's summary pass)."""
+    keeps the main pass's kernel (not the split path's summary pass), with
+    the arguments the host passed it."""
 
     def __init__(self, kernel, name: str, out: Dict):
         self.kernel, self.name, self.out = kernel, name, out
@@ -63,12 +64,44 @@ class _CompileOnly:
         def launch(*args, **kwargs):
             if not kwargs.get('SUMMARY', False):
                 self.out[self.name] = (self.kernel.run(*args, grid=grid, warmup=True, **kwargs),
-                                       kwargs)
+                                       kwargs, args)
         return launch
+
+
+DIRS = [0, 1, 2, 3]  # GroupMamba's lr, tb, rl, bt, one per group
+
+
+def case_tensors(per: int, height: int, width: int, batch: int, grouped: bool,
+                 dtype: torch.dtype, make: Callable[..., torch.Tensor] = torch.empty
+                 ) -> Tuple[Dict[str, torch.Tensor], Dict]:
+    """The scan's inputs of a case, as the benchmarks lay them out: u, delta
+    and dy channels-last maps (or grouped: (G, batch, H, W, per) buffers), B
+    and C (batch, G, 1, H, W) views of (batch, H, W, G, 1) buffers; A (dim,
+    1), D, delta_bias (dim,) fp32. ``make(*shape, dtype=...)`` allocates
+    (default ``torch.empty``, on the CPU). Also the keyword arguments of the
+    scan's functions (D, delta_bias, softplus)."""
+    groups = 4
+
+    def a_map():
+        if grouped:
+            return make(groups, batch, height, width, per, dtype=dtype).permute(1, 0, 4, 2, 3)
+        return make(batch, height, width, groups * per, dtype=dtype).permute(0, 3, 1, 2)
+
+    def a_bc():
+        return make(batch, height, width, groups, 1, dtype=dtype).permute(0, 3, 4, 1, 2)
+    t = dict(u=a_map(), delta=a_map(), dy=a_map(), B=a_bc(), C=a_bc(),
+             A=make(groups * per, 1, dtype=torch.float32))
+    kw = dict(D=make(groups * per, dtype=torch.float32),
+              delta_bias=make(groups * per, dtype=torch.float32), delta_softplus=True)
+    return t, kw
 
 
 def compile_case(per: int, height: int, width: int, batch: int, which: str, grouped: bool,
                  dtype: torch.dtype, override: Dict[str, int]) -> Dict:
+    """Compile the main pass's kernels of a case for sm_90 (no GPU): {'fwd' /
+    'bwd': (compiled kernel, constexpr keyword arguments, positional
+    arguments)}. Patches the process's Triton driver and ``triton_scan``:
+    run it in a process of its own."""
     triton.runtime.driver.set_active(_Sm90Driver())
     torch.cuda.get_device_properties = lambda *a: types.SimpleNamespace(
         multi_processor_count=132)
@@ -82,26 +115,13 @@ def compile_case(per: int, height: int, width: int, batch: int, which: str, grou
     ts._fwd_kernel = _CompileOnly(ts._fwd_kernel, 'fwd', out)
     ts._bwd_kernel = _CompileOnly(ts._bwd_kernel, 'bwd', out)
     ts.CONFIG_OVERRIDE.update(override)
-    groups = 4
-
-    def a_map():
-        if grouped:
-            buf = torch.empty(groups, batch, height, width, per, dtype=dtype)
-            return buf.permute(1, 0, 4, 2, 3)
-        return torch.empty(batch, height, width, groups * per, dtype=dtype).permute(0, 3, 1, 2)
-
-    def a_bc():
-        return torch.empty(batch, height, width, groups, 1, dtype=dtype).permute(0, 3, 4, 1, 2)
-    u, delta, dy, B, C = a_map(), a_map(), a_map(), a_bc(), a_bc()
-    A, D, bias = (torch.empty(groups * per, 1), torch.empty(groups * per),
-                  torch.empty(groups * per))
-    kw = dict(D=D, delta_bias=bias, delta_softplus=True)
-    dirs = [0, 1, 2, 3]
+    t, kw = case_tensors(per, height, width, batch, grouped, dtype)
+    args = (t['u'], t['delta'], t['A'], t['B'], t['C'], DIRS)
     if which in ('fwd', 'both'):
-        ts.selective_scan_2d_fwd_triton(u, delta, A, B, C, dirs, **kw)
+        ts.selective_scan_2d_fwd_triton(*args, **kw)
     if which in ('bwd', 'both'):
-        ckpt = torch.empty(ts.ckpt_shape(u, B, dirs))
-        ts.selective_scan_2d_bwd_triton(dy, None, u, delta, A, B, C, dirs, ckpt, **kw)
+        ckpt = torch.empty(ts.ckpt_shape(t['u'], t['B'], DIRS))
+        ts.selective_scan_2d_bwd_triton(t['dy'], None, *args, ckpt, **kw)
     return out
 
 
@@ -202,7 +222,7 @@ def main() -> None:
                            getattr(torch, args.dtype), override)
     print(f'triton {triton.__version__}, sm_90, case {args.case} batch {args.batch} '
           f'{args.dtype}' + (' grouped maps' if args.grouped_maps else ''))
-    for name, (kernel, kw) in kernels.items():
+    for name, (kernel, kw, _) in kernels.items():
         path = os.path.join(args.dump or '/tmp', f'scan_{name}.cubin')
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path, 'wb') as f:
