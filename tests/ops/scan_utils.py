@@ -1,4 +1,8 @@
-"""Input builders, comparison helpers and a pass-through mode shared by the ops tests."""
+"""Input builders, comparison helpers, a pass-through mode and a loader of
+the scan tools shared by the ops tests."""
+import importlib.util
+import os
+import types
 from typing import Dict, Optional, Sequence
 
 import torch
@@ -7,6 +11,15 @@ from mmgroupmamba.ops import selective_scan_2d
 from mmgroupmamba.ops.reference import selective_scan_2d_ref
 
 GRAD_NAMES = ('u', 'delta', 'A', 'B', 'C', 'D', 'z', 'delta_bias')
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def load_tool(name: str) -> types.ModuleType:
+    """A script of tools/ (not a package) as a module."""
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, 'tools', f'{name}.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 class PassThroughMode(torch.overrides.TorchFunctionMode):

@@ -1,6 +1,5 @@
 """tools/scan_cubins.py's launch parameters and build (CPU; the run needs a GPU)."""
 import ctypes
-import importlib.util
 import json
 import os
 import subprocess
@@ -8,16 +7,11 @@ import sys
 
 import pytest
 import torch
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from scan_utils import ROOT, load_tool
 
 
 def _tool():
-    spec = importlib.util.spec_from_file_location(
-        'scan_cubins', os.path.join(ROOT, 'tools', 'scan_cubins.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool('scan_cubins')
 
 
 MANIFEST = dict(

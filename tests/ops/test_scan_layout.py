@@ -16,7 +16,8 @@ import subprocess
 import sys
 from typing import Dict, List, Tuple
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from scan_utils import ROOT
+
 STAGE1 = (16, 56, 56)  # GroupMamba-T stage 1: 4 groups of 16 channels, 56x56
 RUN = 4                # steps a run at stage 1 (the heuristic's R)
 

@@ -1,16 +1,9 @@
 """tools/scan_sass.py's reading of SASS control bits (CPU, no compile)."""
-import importlib.util
-import os
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from scan_utils import load_tool
 
 
 def _scan_sass():
-    spec = importlib.util.spec_from_file_location(
-        'scan_sass', os.path.join(ROOT, 'tools', 'scan_sass.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool('scan_sass')
 
 
 def _line(addr: str, text: str, low: str, high: str) -> str:
