@@ -17,7 +17,9 @@ maps, one state: GroupMamba; see :func:`_off`). Other maps (the states mode's
 channels-first ones) take ``[R, NJ, BK]`` with the steps across lanes, where
 a warp reads whole rows (``SA``, the tiles' step axis, says which). Triton
 chooses a layout from the memory it can prove contiguous; what the
-kernels assert is what the host checked of the strides. Because a run never
+kernels assert is what the host checked of the strides (from Triton 3.7 the
+memory ops take the tiles transposed to keep that layout, see
+:func:`_ties_last`). Because a run never
 leaves its line, the memory offset of step ``r`` of a run
 is ``base + o * s_outer + (i0 + r) * s_inner``: every direction is the same
 code with run-time strides (negated for mirrored directions), no divmod per
@@ -1206,19 +1208,22 @@ def _layout(cfg: Dict[str, int], groups: int, per: int, *strides: Tuple[int, ...
 
 
 def _ties_last() -> bool:
-    """Whether the kernels' memory ops take the [NJ, R, BK] tiles (steps
-    inside a thread, ``SA = 1``) transposed (``MEM_T``, see :func:`_ld`).
+    """Whether this Triton breaks contiguity ties last axis first (3.7 and
+    later), so that the kernels' memory ops take the [NJ, R, BK] tiles
+    (steps inside a thread, ``SA = 1``) transposed (``MEM_T``, see
+    :func:`_ld`).
 
     Triton's coalescing orders a load's or store's axes by their contiguity
     and breaks ties (runs and steps: both 1) by axis index: the first axis
     first up to 3.6, the last first from 3.7. On [NJ, R, BK] the newer rule
     puts a run's steps across lanes: with triton 3.8 the GroupMamba-T
     stage-1 loops compiled to 1098 instructions instead of 585 (forward) and
-    to 2468 with a spill instead of 1108 (backward; ``tools/scan_sass.py``).
-    On the transpose [R, NJ, BK] the last-first rule gives the lanes to the
-    runs, as the first-first rule does on [NJ, R, BK]. ``cfg['MEM_T']`` (0
-    or 1) overrides this version check in :func:`_layout` (a test and
-    benchmark hook)."""
+    to 2468 with a spill instead of 1108 (backward; ``tools/scan_sass.py``),
+    and ran 1.6-2.1x slower on an H100 (``tools/scan_cubins.py``). On the
+    transpose [R, NJ, BK] the last-first rule gives the lanes to the runs, as
+    the first-first rule does on [NJ, R, BK]. ``cfg['MEM_T']`` (0 or 1)
+    overrides this version check in :func:`_layout` (a test and benchmark
+    hook)."""
     return tuple(int(v) for v in triton.__version__.split('.')[:2]) >= (3, 7)
 
 
