@@ -79,9 +79,11 @@ def launch_params(manifest: Dict, args: Sequence, kwargs: Dict) -> Tuple[List, L
     return params + [ctypes.c_uint64(0)] * manifest['extra'], mismatches
 
 
-def build(case: str, dtype: str, grouped: bool, override: Dict[str, int], out: str) -> None:
+def build(shape: Tuple[int, int, int], dtype: str, grouped: bool, override: Dict[str, int],
+          out: str) -> None:
+    """Compile the case (per, H, W) and save its cubins and manifests in ``out``."""
     import triton
-    per, height, width = (int(v) for v in case.split(','))
+    per, height, width = shape
     kernels = scan_sass.compile_case(per, height, width, 128, 'both', grouped,
                                      getattr(torch, dtype), override)
     os.makedirs(out, exist_ok=True)
@@ -107,8 +109,8 @@ def build(case: str, dtype: str, grouped: bool, override: Dict[str, int], out: s
         print(f'{out}/{name}: {n_params} parameters ({manifest["extra"]} scratch), '
               f'{manifest["num_warps"]} warps, {manifest["shared"]} B shared')
     with open(os.path.join(out, 'case.json'), 'w') as f:
-        json.dump(dict(case=case, dtype=dtype, grouped=grouped, override=override,
-                       triton=triton.__version__), f)
+        json.dump(dict(case=','.join(map(str, shape)), dtype=dtype, grouped=grouped,
+                       override=override, triton=triton.__version__), f)
 
 
 class CubinKernel:
@@ -215,18 +217,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     sub = parser.add_subparsers(dest='command', required=True)
     b = sub.add_parser('build', help='compile a case for sm_90 and save its cubins (no GPU)')
-    b.add_argument('case', help='per,H,W (channels per group, map size)')
-    b.add_argument('--dtype', choices=('float32', 'bfloat16', 'float16'), default='float32')
-    b.add_argument('--grouped-maps', action='store_true')
-    b.add_argument('--set', nargs='*', default=[], metavar='KEY=VAL',
-                   help='triton_scan.CONFIG_OVERRIDE entries, e.g. MEM_T=0 EVICT_LAST=1')
+    scan_sass.add_case_args(b)
     b.add_argument('--out', required=True)
     r = sub.add_parser('run', help='run built cases on the GPU against the installed Triton')
     r.add_argument('dirs', nargs='+')
     args = parser.parse_args()
     if args.command == 'build':
-        build(args.case, args.dtype, args.grouped_maps,
-              {k: int(v) for k, v in (s.split('=') for s in args.set)}, args.out)
+        shape, override = scan_sass.case_args(args)
+        build(shape, args.dtype, args.grouped_maps, override, args.out)
         return
     import triton
     print(f'device: {torch.cuda.get_device_name()}, torch {torch.__version__}, installed '

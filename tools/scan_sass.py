@@ -197,16 +197,27 @@ def exposed_loads(hex_sass: str) -> List[str]:
     return found
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+def add_case_args(parser: argparse.ArgumentParser) -> None:
+    """The arguments naming a case to compile (see :func:`case_args`)."""
     parser.add_argument('case', help='per,H,W (channels per group, map size)')
-    parser.add_argument('--batch', type=int, default=128)
-    parser.add_argument('--pass', dest='which', choices=('fwd', 'bwd', 'both'), default='both')
     parser.add_argument('--grouped-maps', action='store_true',
                         help='u, delta, dy as grouped maps (as benchmark_scan --grouped-maps)')
     parser.add_argument('--dtype', choices=('float32', 'bfloat16', 'float16'), default='float32')
     parser.add_argument('--set', nargs='*', default=[], metavar='KEY=VAL',
                         help="triton_scan.CONFIG_OVERRIDE entries, e.g. BD=8 num_warps_bwd=2")
+
+
+def case_args(args: argparse.Namespace) -> Tuple[Tuple[int, int, int], Dict[str, int]]:
+    """(per, H, W) and the config overrides of :func:`add_case_args`'s arguments."""
+    per, height, width = (int(v) for v in args.case.split(','))
+    return (per, height, width), {k: int(v) for k, v in (s.split('=') for s in args.set)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    add_case_args(parser)
+    parser.add_argument('--batch', type=int, default=128)
+    parser.add_argument('--pass', dest='which', choices=('fwd', 'bwd', 'both'), default='both')
     parser.add_argument('--lines', type=int, default=0,
                         help='print the loop\'s N source lines with the most instructions')
     parser.add_argument('--waits', action='store_true',
@@ -216,8 +227,7 @@ def main() -> None:
                         help='write each kernel\'s SASS and Triton GPU IR (its layouts) to '
                              'DIR/NAME.sass and DIR/NAME.ttgir')
     args = parser.parse_args()
-    per, height, width = (int(v) for v in args.case.split(','))
-    override = {k: int(v) for k, v in (s.split('=') for s in args.set)}
+    (per, height, width), override = case_args(args)
     kernels = compile_case(per, height, width, args.batch, args.which, args.grouped_maps,
                            getattr(torch, args.dtype), override)
     print(f'triton {triton.__version__}, sm_90, case {args.case} batch {args.batch} '

@@ -57,11 +57,12 @@ def test_build_saves_cubins_whose_parameters_the_host_arguments_fill(tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     case = json.loads((out / 'case.json').read_text())
     assert case['override'] == {'EVICT_LAST': 1} and case['dtype'] == 'float32'
+    assert case['case'] == '16,56,56' and not case['grouped']
+    from mmgroupmamba.ops.triton_scan import _ties_last
     for name in ('fwd', 'bwd'):
         manifest = json.loads((out / f'{name}.json').read_text())
         assert manifest['name'] == f'_{name}_kernel' and manifest['num_warps'] == 8
         assert manifest['extra'] >= 0
         assert (out / f'{name}.cubin').read_bytes()[:4] == b'\x7fELF'
         mem_t = manifest['constants'][str(manifest['arg_names'].index('MEM_T'))]
-        from mmgroupmamba.ops.triton_scan import _ties_last
         assert mem_t == int(_ties_last())
