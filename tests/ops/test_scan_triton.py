@@ -482,17 +482,22 @@ def test_transposed_memory_ops(mem_t, dim, groups, kernel_device, scan_override,
     assert [(c['SA'], c['MEM_T']) for c in chosen] == [(1, mem_t)] * 2   # (forward, backward)
 
 
-def test_transposed_memory_ops_flag(scan_override):
+def test_transposed_memory_ops_flag(scan_override, monkeypatch):
     """``MEM_T`` only for tiles with the steps inside a thread (``SA = 1``);
     by default where Triton breaks contiguity ties last axis first (3.7 and
-    later); the override wins."""
+    later, local and two-digit versions too); the override wins."""
     import triton
 
     from mmgroupmamba.ops.triton_scan import _layout, _map_strides, _ties_last, scan_config
     nhwc = _map_strides(torch.zeros(2, 5, 6, 8).permute(0, 3, 1, 2), 2)
     nchw = _map_strides(torch.zeros(2, 8, 5, 6), 2)
-    new = tuple(int(v) for v in triton.__version__.split('.')[:2]) >= (3, 7)
-    assert _ties_last() == new
+    installed = triton.__version__
+    for version, last in (('3.6.0', False), ('2.3.1', False), ('3.7.0', True),
+                          ('3.8.0+git1a2b3c4', True), ('3.10.1', True), ('4.0.0', True)):
+        monkeypatch.setattr(triton, '__version__', version)
+        assert _ties_last() == last, version
+    monkeypatch.setattr(triton, '__version__', installed)
+    new = _ties_last()
     cfg = dict(BD=4, NJ=4, R=2, NP=1, num_warps=1)
     assert _layout(cfg, 2, 4, nhwc)['MEM_T'] == int(new)
     assert _layout(cfg, 2, 4, nchw)['MEM_T'] == 0                     # steps across lanes
