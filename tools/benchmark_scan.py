@@ -86,7 +86,7 @@ def copy_bandwidth() -> float:
 
 def make(batch: int, per: int, height: int, width: int, dtype: torch.dtype,
          groups: int = 4, channels_last: bool = False, grouped: bool = False,
-         model: bool = False) -> Dict:
+         model: bool = False, device: str = 'cuda') -> Dict:
     """Scan inputs; ``channels_last``: the maps are permuted views of
     (batch, H, W, dim) and (batch, H, W, G, N) buffers; ``grouped``: u and
     delta are grouped maps (batch, G, per, H, W), views of a (G, batch, H, W,
@@ -94,26 +94,27 @@ def make(batch: int, per: int, height: int, width: int, dtype: torch.dtype,
     ``channels_last``; ``model``: as GroupMamba's layer passes them (see
     ``GroupedDirectionalSSM.forward``): u channels-last, delta grouped, B
     and C columns of one (G, batch, H, W, R + 2N) buffer (x_proj's output, R
-    = ceil(per / 16) dt columns first)."""
+    = ceil(per / 16) dt columns first). ``device``: where they are made
+    (``tools/scan_sass.py`` compiles the kernels for CPU tensors)."""
     n_state = 1
     dim = groups * per
-    g = torch.Generator(device='cuda').manual_seed(0)
+    g = torch.Generator(device=device).manual_seed(0)
 
     def rnd(*shape, scale=1.0):
         if channels_last:  # allocate (b, H, W, ...) and view it as (b, ..., H, W)
-            buf = torch.randn(shape[0], *shape[-2:], *shape[1:-2], device='cuda', generator=g)
+            buf = torch.randn(shape[0], *shape[-2:], *shape[1:-2], device=device, generator=g)
             return (buf * scale).to(dtype).permute(0, *range(3, len(shape)), 1, 2)
-        return (torch.randn(*shape, device='cuda', generator=g) * scale).to(dtype)
+        return (torch.randn(*shape, device=device, generator=g) * scale).to(dtype)
 
     def rnd_map(scale=1.0, grouped=grouped):
         if grouped:
-            buf = torch.randn(groups, batch, height, width, per, device='cuda', generator=g)
+            buf = torch.randn(groups, batch, height, width, per, device=device, generator=g)
             return (buf * scale).to(dtype).permute(1, 0, 4, 2, 3)
         return rnd(batch, dim, height, width, scale=scale)
     channels_last = channels_last or grouped or model
     if model:
         rank = -(-per // 16)
-        x_dbl = torch.randn(groups, batch, height, width, rank + 2 * n_state, device='cuda',
+        x_dbl = torch.randn(groups, batch, height, width, rank + 2 * n_state, device=device,
                             generator=g).to(dtype).permute(1, 0, 4, 2, 3)
         B, C = x_dbl[:, :, rank:rank + n_state], x_dbl[:, :, rank + n_state:]
         u, delta = rnd_map(grouped=False).unflatten(1, (groups, per)), rnd_map(0.5, True)
@@ -121,9 +122,9 @@ def make(batch: int, per: int, height: int, width: int, dtype: torch.dtype,
         u, delta = rnd_map(), rnd_map(scale=0.5)
         B, C = (rnd(batch, groups, n_state, height, width) for _ in range(2))
     return dict(u=u, delta=delta,
-                A=-(torch.rand(dim, n_state, device='cuda', generator=g) + 0.2), B=B, C=C,
-                D=torch.randn(dim, device='cuda', generator=g),
-                delta_bias=torch.randn(dim, device='cuda', generator=g) * 0.3)
+                A=-(torch.rand(dim, n_state, device=device, generator=g) + 0.2), B=B, C=C,
+                D=torch.randn(dim, device=device, generator=g),
+                delta_bias=torch.randn(dim, device=device, generator=g) * 0.3)
 
 
 def bytes_moved(batch, dim, length, s, groups=4, n_state=1, states=False):

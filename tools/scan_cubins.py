@@ -24,12 +24,14 @@ carry to the GPU machine, but what it compiles is not:
   H100) is reported.
 
 The maps are those of ``tools/scan_sass.py`` (channels-last u, delta, dy;
-``--grouped-maps``: grouped), batch 128, GroupMamba's four directions, D,
-delta_bias and softplus. Only cases without the split path (one segment a
-row: the classification shapes) are supported.
+``--grouped-maps``: grouped; ``--model-layouts``: the GroupMamba layer's),
+batch 128, GroupMamba's four directions, D, delta_bias and softplus. Only
+cases without the split path (one segment a row: the classification shapes)
+are supported.
 
 Usage:
     python tools/scan_cubins.py build 16,56,56 --dtype float32 --set EVICT_LAST=1 --out DIR
+    python tools/scan_cubins.py build 87,14,14 --model-layouts --out DIR2
     python tools/scan_cubins.py run DIR [DIR ...]
 """
 import argparse
@@ -79,12 +81,12 @@ def launch_params(manifest: Dict, args: Sequence, kwargs: Dict) -> Tuple[List, L
     return params + [ctypes.c_uint64(0)] * manifest['extra'], mismatches
 
 
-def build(shape: Tuple[int, int, int], dtype: str, grouped: bool, override: Dict[str, int],
+def build(shape: Tuple[int, int, int], dtype: str, layout: str, override: Dict[str, int],
           out: str) -> None:
     """Compile the case (per, H, W) and save its cubins and manifests in ``out``."""
     import triton
     per, height, width = shape
-    kernels = scan_sass.compile_case(per, height, width, 128, 'both', grouped,
+    kernels = scan_sass.compile_case(per, height, width, 128, 'both', layout,
                                      getattr(torch, dtype), override)
     os.makedirs(out, exist_ok=True)
     for name, (kernel, kwargs, args) in kernels.items():
@@ -109,7 +111,7 @@ def build(shape: Tuple[int, int, int], dtype: str, grouped: bool, override: Dict
         print(f'{out}/{name}: {n_params} parameters ({manifest["extra"]} scratch), '
               f'{manifest["num_warps"]} warps, {manifest["shared"]} B shared')
     with open(os.path.join(out, 'case.json'), 'w') as f:
-        json.dump(dict(case=','.join(map(str, shape)), dtype=dtype, grouped=grouped,
+        json.dump(dict(case=','.join(map(str, shape)), dtype=dtype, layout=layout,
                        override=override, triton=triton.__version__), f)
 
 
@@ -165,14 +167,8 @@ def run(directory: str) -> str:
     with open(os.path.join(directory, 'case.json')) as f:
         case = json.load(f)
     per, height, width = (int(v) for v in case['case'].split(','))
-    gen = torch.Generator(device='cuda').manual_seed(0)
-
-    def make(*shape, dtype):
-        return torch.randn(*shape, device='cuda', generator=gen).to(dtype)
-    t, kw = scan_sass.case_tensors(per, height, width, 128, case['grouped'],
-                                   getattr(torch, case['dtype']), make)
-    t['A'] = -(t['A'].abs() + 0.2)
-    t['delta'] = t['delta'] * 0.5
+    t, kw = scan_sass.case_tensors(per, height, width, 128, case['layout'],
+                                   getattr(torch, case['dtype']), 'cuda')
     args = (t['u'], t['delta'], t['A'], t['B'], t['C'], scan_sass.DIRS)
     native = ts._fwd_kernel, ts._bwd_kernel
     cubins = CubinKernel(directory, 'fwd'), CubinKernel(directory, 'bwd')
@@ -208,9 +204,9 @@ def run(directory: str) -> str:
         ('du', 'ddelta', 'dA', 'dB', 'dC', 'dD', 'dz', 'ddelta_bias'), g1, g0) if a is not None})
     worst = max(diffs, key=diffs.get)
     note = '; '.join(sorted(cubins[0].mismatches | cubins[1].mismatches)) or '–'
-    return (f"| {case['case']} | {case['dtype']} | {case['override'] or '–'} | {case['triton']} "
-            f"| {f1:.1f} / {b1:.1f} | {f0:.1f} / {b0:.1f} | {diffs[worst]:.1e} ({worst}) "
-            f"| {note} |")
+    return (f"| {case['case']} | {case['layout']} | {case['dtype']} | {case['override'] or '–'} "
+            f"| {case['triton']} | {f1:.1f} / {b1:.1f} | {f0:.1f} / {b0:.1f} "
+            f"| {diffs[worst]:.1e} ({worst}) | {note} |")
 
 
 def main() -> None:
@@ -223,15 +219,15 @@ def main() -> None:
     r.add_argument('dirs', nargs='+')
     args = parser.parse_args()
     if args.command == 'build':
-        shape, override = scan_sass.case_args(args)
-        build(shape, args.dtype, args.grouped_maps, override, args.out)
+        shape, layout, override = scan_sass.case_args(args)
+        build(shape, args.dtype, layout, override, args.out)
         return
     import triton
     print(f'device: {torch.cuda.get_device_name()}, torch {torch.__version__}, installed '
           f'triton {triton.__version__}\n')
-    print('| case | dtype | build overrides | cubins\' triton | cubins fwd / bwd µs '
+    print('| case | maps | dtype | build overrides | cubins\' triton | cubins fwd / bwd µs '
           '| installed triton fwd / bwd µs | max relative difference | constexprs differing |')
-    print('|---|---|---|---|---|---|---|---|')
+    print('|---|---|---|---|---|---|---|---|---|')
     for d in args.dirs:
         print(run(d), flush=True)
 

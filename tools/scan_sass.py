@@ -3,8 +3,9 @@ SASS: registers, stack (spills), instructions in all and in the chunk loop,
 and optionally the loop's instructions per source line.
 
 The kernels are compiled as ``tools/benchmark_scan.py`` launches them (the
-same heuristic tiles, strides and flags; B and C in their own channels-last
-buffers): the host functions run on CPU tensors of the case's shape while a
+same heuristic tiles, strides and flags, and its maps: channels-last, or with
+``--grouped-maps`` / ``--model-layouts`` those of its options of the same
+names): the host functions run on CPU tensors of the case's shape while a
 stand-in Triton driver reports an sm_90 target and the launches are turned
 into compiles. The counts match the kernels Triton builds on the H100 when the
 Triton versions agree (the benchmarks used triton 3.6: install that one to
@@ -24,7 +25,7 @@ import subprocess
 import sys
 import types
 from collections import Counter, defaultdict
-from typing import Callable, Dict, List, Tuple
+from typing import Dict, List, Tuple
 
 import torch
 import triton
@@ -32,6 +33,7 @@ from triton.backends.compiler import GPUTarget
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # tools/: benchmark_scan
 BIN = os.path.join(os.path.dirname(triton.__file__), 'backends', 'nvidia', 'bin')
 _INSTR = re.compile(r'\s+/\*[0-9a-f]{4}\*/\s+(@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)')
 
@@ -69,34 +71,26 @@ class _CompileOnly:
 
 
 DIRS = [0, 1, 2, 3]  # GroupMamba's lr, tb, rl, bt, one per group
+LAYOUTS = ('channels-last', 'grouped', 'model')
 
 
-def case_tensors(per: int, height: int, width: int, batch: int, grouped: bool,
-                 dtype: torch.dtype, make: Callable[..., torch.Tensor] = torch.empty
+def case_tensors(per: int, height: int, width: int, batch: int, layout: str,
+                 dtype: torch.dtype, device: str = 'cpu'
                  ) -> Tuple[Dict[str, torch.Tensor], Dict]:
-    """The scan's inputs of a case, as the benchmarks lay them out: u, delta
-    and dy channels-last maps (or grouped: (G, batch, H, W, per) buffers), B
-    and C (batch, G, 1, H, W) views of (batch, H, W, G, 1) buffers; A (dim,
-    1), D, delta_bias (dim,) fp32. ``make(*shape, dtype=...)`` allocates
-    (default ``torch.empty``, on the CPU). Also the keyword arguments of the
-    scan's functions (D, delta_bias, softplus)."""
-    groups = 4
-
-    def a_map():
-        if grouped:
-            return make(groups, batch, height, width, per, dtype=dtype).permute(1, 0, 4, 2, 3)
-        return make(batch, height, width, groups * per, dtype=dtype).permute(0, 3, 1, 2)
-
-    def a_bc():
-        return make(batch, height, width, groups, 1, dtype=dtype).permute(0, 3, 4, 1, 2)
-    t = dict(u=a_map(), delta=a_map(), dy=a_map(), B=a_bc(), C=a_bc(),
-             A=make(groups * per, 1, dtype=torch.float32))
-    kw = dict(D=make(groups * per, dtype=torch.float32),
-              delta_bias=make(groups * per, dtype=torch.float32), delta_softplus=True)
+    """The scan's inputs of a case as ``tools/benchmark_scan.py`` makes them
+    (its ``make``) for ``layout`` (one of :data:`LAYOUTS`, its
+    ``--channels-last``, ``--grouped-maps`` and ``--model-layouts`` maps),
+    plus dy laid out like y (that is, like u); and the keyword arguments of
+    the scan's functions (D, delta_bias, softplus)."""
+    import benchmark_scan
+    t = benchmark_scan.make(batch, per, height, width, dtype, 4, channels_last=True,
+                            grouped=layout == 'grouped', model=layout == 'model', device=device)
+    t['dy'] = torch.randn_like(t['u'])
+    kw = dict(D=t.pop('D'), delta_bias=t.pop('delta_bias'), delta_softplus=True)
     return t, kw
 
 
-def compile_case(per: int, height: int, width: int, batch: int, which: str, grouped: bool,
+def compile_case(per: int, height: int, width: int, batch: int, which: str, layout: str,
                  dtype: torch.dtype, override: Dict[str, int]) -> Dict:
     """Compile the main pass's kernels of a case for sm_90 (no GPU): {'fwd' /
     'bwd': (compiled kernel, constexpr keyword arguments, positional
@@ -115,7 +109,7 @@ def compile_case(per: int, height: int, width: int, batch: int, which: str, grou
     ts._fwd_kernel = _CompileOnly(ts._fwd_kernel, 'fwd', out)
     ts._bwd_kernel = _CompileOnly(ts._bwd_kernel, 'bwd', out)
     ts.CONFIG_OVERRIDE.update(override)
-    t, kw = case_tensors(per, height, width, batch, grouped, dtype)
+    t, kw = case_tensors(per, height, width, batch, layout, dtype)
     args = (t['u'], t['delta'], t['A'], t['B'], t['C'], DIRS)
     if which in ('fwd', 'both'):
         ts.selective_scan_2d_fwd_triton(*args, **kw)
@@ -200,17 +194,24 @@ def exposed_loads(hex_sass: str) -> List[str]:
 def add_case_args(parser: argparse.ArgumentParser) -> None:
     """The arguments naming a case to compile (see :func:`case_args`)."""
     parser.add_argument('case', help='per,H,W (channels per group, map size)')
-    parser.add_argument('--grouped-maps', action='store_true',
-                        help='u, delta, dy as grouped maps (as benchmark_scan --grouped-maps)')
+    maps = parser.add_mutually_exclusive_group()
+    maps.add_argument('--grouped-maps', action='store_true',
+                      help='u, delta, dy as grouped maps (as benchmark_scan --grouped-maps)')
+    maps.add_argument('--model-layouts', action='store_true',
+                      help="the GroupMamba layer's layouts (as benchmark_scan --model-layouts)")
     parser.add_argument('--dtype', choices=('float32', 'bfloat16', 'float16'), default='float32')
     parser.add_argument('--set', nargs='*', default=[], metavar='KEY=VAL',
                         help="triton_scan.CONFIG_OVERRIDE entries, e.g. BD=8 num_warps_bwd=2")
 
 
-def case_args(args: argparse.Namespace) -> Tuple[Tuple[int, int, int], Dict[str, int]]:
-    """(per, H, W) and the config overrides of :func:`add_case_args`'s arguments."""
+def case_args(args: argparse.Namespace
+              ) -> Tuple[Tuple[int, int, int], str, Dict[str, int]]:
+    """(per, H, W), the maps' layout (see :func:`case_tensors`) and the config
+    overrides of :func:`add_case_args`'s arguments."""
     per, height, width = (int(v) for v in args.case.split(','))
-    return (per, height, width), {k: int(v) for k, v in (s.split('=') for s in args.set)}
+    layout = 'grouped' if args.grouped_maps else 'model' if args.model_layouts else LAYOUTS[0]
+    return ((per, height, width), layout,
+            {k: int(v) for k, v in (s.split('=') for s in args.set)})
 
 
 def main() -> None:
@@ -227,11 +228,11 @@ def main() -> None:
                         help='write each kernel\'s SASS and Triton GPU IR (its layouts) to '
                              'DIR/NAME.sass and DIR/NAME.ttgir')
     args = parser.parse_args()
-    (per, height, width), override = case_args(args)
-    kernels = compile_case(per, height, width, args.batch, args.which, args.grouped_maps,
+    (per, height, width), layout, override = case_args(args)
+    kernels = compile_case(per, height, width, args.batch, args.which, layout,
                            getattr(torch, args.dtype), override)
     print(f'triton {triton.__version__}, sm_90, case {args.case} batch {args.batch} '
-          f'{args.dtype}' + (' grouped maps' if args.grouped_maps else ''))
+          f'{args.dtype}, {layout} maps')
     for name, (kernel, kw, _) in kernels.items():
         path = os.path.join(args.dump or '/tmp', f'scan_{name}.cubin')
         os.makedirs(os.path.dirname(path), exist_ok=True)

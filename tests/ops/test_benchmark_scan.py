@@ -1,20 +1,14 @@
-"""tools/benchmark_scan.py's options (CPU: the parser only, nothing timed)."""
-import importlib.util
-import os
-
+"""tools/benchmark_scan.py's options and inputs (CPU, nothing timed)."""
 import pytest
+import torch
+from scan_utils import load_tool
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 LAYOUTS = {'--channels-last': 'channels_last', '--model-layouts': 'model_layouts',
            '--grouped-maps': 'grouped_maps'}
 
 
 def _parser():
-    spec = importlib.util.spec_from_file_location(
-        'benchmark_scan', os.path.join(ROOT, 'tools', 'benchmark_scan.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.build_parser()
+    return load_tool('benchmark_scan').build_parser()
 
 
 def test_one_layout_flag_sets_that_layout_only():
@@ -35,3 +29,25 @@ def test_two_layout_flags_are_refused(capsys):
     assert exc.value.code == 2
     assert 'argument --grouped-maps: not allowed with argument --model-layouts' in \
         capsys.readouterr().err
+
+
+def test_model_layouts_are_the_layers(monkeypatch):
+    """``make(model=True)`` (``--model-layouts``, and ``tools/scan_sass.py``'s
+    and ``tools/scan_cubins.py``'s option of the same name) gives the scan
+    the maps GroupMamba's layer gives it: the same strides for u, delta, B
+    and C. A change of the layer's layouts must show here, or the
+    benchmarks would time maps the model no longer passes."""
+    import mmgroupmamba.models.groupmamba as groupmamba
+    seen = {}
+
+    def record(u, delta, A, B, C, directions, **kwargs):
+        seen.update(u=u, delta=delta, B=B, C=C)
+        return torch.zeros_like(u, dtype=kwargs['out_dtype'])
+    monkeypatch.setattr(groupmamba, 'selective_scan_2d', record)
+    batch, per, height, width = 2, 20, 6, 5                  # dt rank 2: B, C after 2 columns
+    groupmamba.GroupedDirectionalSSM(4 * per)(torch.randn(batch, height, width, 4 * per))
+    t = load_tool('benchmark_scan').make(batch, per, height, width, torch.float32, model=True,
+                                         device='cpu')
+    for name in ('u', 'delta', 'B', 'C'):
+        ours = t[name].permute(0, 3, 4, 1, 2)                # (b, G, n, H, W) as (b, H, W, G, n)
+        assert (ours.shape, ours.stride()) == (seen[name].shape, seen[name].stride()), name

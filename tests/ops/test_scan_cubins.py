@@ -57,7 +57,7 @@ def test_build_saves_cubins_whose_parameters_the_host_arguments_fill(tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     case = json.loads((out / 'case.json').read_text())
     assert case['override'] == {'EVICT_LAST': 1} and case['dtype'] == 'float32'
-    assert case['case'] == '16,56,56' and not case['grouped']
+    assert case['case'] == '16,56,56' and case['layout'] == 'channels-last'
     from mmgroupmamba.ops.triton_scan import _ties_last
     for name in ('fwd', 'bwd'):
         manifest = json.loads((out / f'{name}.json').read_text())

@@ -1,4 +1,8 @@
-"""tools/scan_sass.py's reading of SASS control bits (CPU, no compile)."""
+"""tools/scan_sass.py's reading of SASS control bits and its case arguments (CPU, no
+compile)."""
+import argparse
+
+import pytest
 from scan_utils import load_tool
 
 
@@ -46,3 +50,21 @@ def test_exposed_loads_without_a_wait_on_the_loads():
     assert ''.join(keep).count('FMUL') == 0 and ''.join(keep).count('MOV') == 0
     found = _scan_sass().exposed_loads(''.join(keep))
     assert found == ['waits on SB3 at 4: @P4 BRA `(.L_x_7) (loads issued at [2])']
+
+
+def test_case_arguments_name_one_layout(capsys):
+    """The maps of a case: channels-last unless ``--grouped-maps`` or
+    ``--model-layouts`` (not both: the compile would be of one of them
+    while the caller believes the other)."""
+    tool = _scan_sass()
+    parser = argparse.ArgumentParser()
+    tool.add_case_args(parser)
+    for flags, layout in (([], 'channels-last'), (['--grouped-maps'], 'grouped'),
+                          (['--model-layouts'], 'model')):
+        shape, got, override = tool.case_args(parser.parse_args(
+            ['87,14,14', *flags, '--set', 'BD=32', 'num_warps=2']))
+        assert (shape, got, override) == ((87, 14, 14), layout, {'BD': 32, 'num_warps': 2})
+        assert got in tool.LAYOUTS
+    with pytest.raises(SystemExit):
+        parser.parse_args(['87,14,14', '--grouped-maps', '--model-layouts'])
+    assert 'not allowed with argument' in capsys.readouterr().err
