@@ -59,12 +59,12 @@ def _steps_across_threads(ttgir: str, run: int) -> List[str]:
     return bad
 
 
-def _compile(tmp_path, *overrides: str) -> Dict[str, str]:
+def _compile(tmp_path, *overrides: str, flags: Tuple[str, ...] = ()) -> Dict[str, str]:
     env = dict(os.environ)
     env.pop('TRITON_INTERPRET', None)   # a real compile, for sm_90
     tmp_path.mkdir()
     cmd = [sys.executable, os.path.join(ROOT, 'tools', 'scan_sass.py'),
-           ','.join(map(str, STAGE1)), '--dump', str(tmp_path)]
+           ','.join(map(str, STAGE1)), '--dump', str(tmp_path), *flags]
     if overrides:
         cmd += ['--set', *overrides]
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
@@ -89,12 +89,15 @@ def test_layout_reader_flags_steps_across_lanes():
 
 
 def test_stage1_steps_stay_inside_a_thread(tmp_path):
-    """The installed Triton's layouts, and the version rule behind them:
-    the memory ops taken the other way spread the steps over lanes."""
+    """The installed Triton's layouts, on channels-last maps and on the
+    GroupMamba layer's own (grouped delta, B and C columns of x_proj's
+    output: the kernels' grouped-offset path), and the version rule behind
+    them: the memory ops taken the other way spread the steps over lanes."""
     from mmgroupmamba.ops.triton_scan import _ties_last
-    for name, ttgir in _compile(tmp_path / 'default').items():
-        tiles = [shape for _, shape, _ in _memory_tiles(ttgir) if RUN in shape]
-        assert len(tiles) >= 4, name                        # u, delta, B, C (fwd); + dy (bwd)
-        assert _steps_across_threads(ttgir, RUN) == [], name
+    for maps, flags in (('channels-last', ()), ('model', ('--model-layouts',))):
+        for name, ttgir in _compile(tmp_path / maps, flags=flags).items():
+            tiles = [shape for _, shape, _ in _memory_tiles(ttgir) if RUN in shape]
+            assert len(tiles) >= 4, (maps, name)            # u, delta, B, C (fwd); + dy (bwd)
+            assert _steps_across_threads(ttgir, RUN) == [], (maps, name)
     other = _compile(tmp_path / 'other', f'MEM_T={int(not _ties_last())}')
     assert all(_steps_across_threads(ttgir, RUN) for ttgir in other.values())
