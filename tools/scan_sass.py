@@ -15,6 +15,7 @@ Usage:
     python tools/scan_sass.py 16,56,56                  # GroupMamba-T stage 1, both passes
     python tools/scan_sass.py 87,14,14 --pass bwd --lines 25
     python tools/scan_sass.py 87,14,14 --pass fwd --waits   # loads waited on too early
+    python tools/scan_sass.py 87,14,14 --model-layouts       # the GroupMamba layer's maps
     python tools/scan_sass.py 24,56,56 --dtype bfloat16 --set BD=8 --dump /tmp/sass  # + IR
 CASE is ``per,H,W`` (channels per group of 4 groups, map size).
 """
@@ -34,6 +35,7 @@ from triton.backends.compiler import GPUTarget
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # tools/: benchmark_scan
+import benchmark_scan  # noqa: E402
 BIN = os.path.join(os.path.dirname(triton.__file__), 'backends', 'nvidia', 'bin')
 _INSTR = re.compile(r'\s+/\*[0-9a-f]{4}\*/\s+(@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)')
 
@@ -82,7 +84,6 @@ def case_tensors(per: int, height: int, width: int, batch: int, layout: str,
     ``--channels-last``, ``--grouped-maps`` and ``--model-layouts`` maps),
     plus dy laid out like y (that is, like u); and the keyword arguments of
     the scan's functions (D, delta_bias, softplus)."""
-    import benchmark_scan
     t = benchmark_scan.make(batch, per, height, width, dtype, 4, channels_last=True,
                             grouped=layout == 'grouped', model=layout == 'model', device=device)
     t['dy'] = torch.randn_like(t['u'])
