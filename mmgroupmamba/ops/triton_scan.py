@@ -73,7 +73,8 @@ the decay gradient without a division. dB/dC are reduced over the channel
 tile in registers and stored directly when one tile holds the whole group
 (the GroupMamba case), else added atomically into fp32 buffers; with a
 channel per lane (GroupMamba's stage 3) the reduction is a reduce-scatter
-over the lanes (:func:`_lane_sums`);
+over the lanes (:func:`_lane_sums`), and with channel pairs (stages 1 and
+2) one over the lanes that hold a run's pairs (:func:`_pair_lane_sums`);
 dA/dD/d(delta_bias) are accumulated per program and summed on the host
 (deterministic).
 
@@ -119,7 +120,7 @@ _HW_MATH = tl.constexpr(not _INTERPRET)
 #: 'num_warps' (forward), 'num_warps_bwd' (backward) override the heuristic
 #: tile config (see :func:`scan_config`); 'VEC' = 1 and 'LANE_SUMS' = 0 turn
 #: off channel pairs (:func:`_layout`) and the backward's lane sums
-#: (:func:`_lane_sums_fit`); 'CK_CM' (0 or 1) sets the checkpoints' layout
+#: (:func:`_lane_sums_mode`); 'CK_CM' (0 or 1) sets the checkpoints' layout
 #: (:func:`_ckpt_off`); 'EVICT_LAST' (0 or 1) the forward's L2 policy for u
 #: and y (:func:`_l2_policy`); 'MEM_T' (0 or 1) whether the memory ops take
 #: the tiles transposed (:func:`_ties_last`).
@@ -589,7 +590,7 @@ def _scatter_step(lo, hi, lane, MASK: tl.constexpr):
 def _lane_sums(xb, xc, BD: tl.constexpr):
     """Sums over the channels of two tiles [NJ, R, BD] with NJ * R = 8 and
     channel c in lane c % 32 of warp c // 32 (``LANE_SUMS``, see
-    :func:`_lane_sums_fit`): a reduce-scatter over lanes 16, 8, 4, 2 apart,
+    :func:`_lane_sums_mode`): a reduce-scatter over lanes 16, 8, 4, 2 apart,
     a butterfly over 1, then a sum over the warps. Returns [32]: lane l holds
     the sum of xc if l & 16 else xb, at step f = 4 (l >> 1 & 1) + 2 (l >> 2
     & 1) + (l >> 3 & 1) of the tile (f = run * R + step in the run). A
@@ -608,6 +609,49 @@ def _lane_sums(xb, xc, BD: tl.constexpr):
 
 
 @triton.jit
+def _pair_lane_sums(xb, xc, NJ: tl.constexpr, BD: tl.constexpr):
+    """Sums over the channels of two tiles [NJ, 4, BD] held a channel pair a
+    thread, pair p of a run in lane p of the P = BD / 2 lanes that hold the
+    run (``LANE_SUMS`` = 2, see :func:`_lane_sums_mode`): each pair summed
+    in its thread, then a reduce-scatter over lanes P / 2, P / 4, P / 8
+    apart (splitting xb from xc, then the step's two bits) and a butterfly
+    over the lanes below. Returns [NJ, P]: lane p of run j holds the sum of
+    xc if p & P / 2 else xb, at step 2 [p & P / 4 != 0] + [p & P / 8 != 0]
+    (see :func:`_store_pair_lane_sums`). The butterflies of ``tl.sum`` and
+    the conversion of its result for the store took four barriers a chunk
+    in the GroupMamba-T stage-1 backward, which ran in 291 us, and in 266
+    without dB and dC at all (H100, docs/benchmarks.md)."""
+    P: tl.constexpr = BD // 2
+    lane = tl.arange(0, P)
+    eb, ob = tl.split(tl.reshape(xb, (NJ, 4, P, 2)))
+    ec, oc = tl.split(tl.reshape(xc, (NJ, 4, P, 2)))
+    y = _scatter_step(eb + ob, ec + oc, lane[None, None, :], P // 2)   # [NJ, 4, P]
+    # steps s = 2 s1 + s0: split on s1, then on s0
+    lo, hi = tl.split(tl.permute(tl.reshape(tl.permute(y, (0, 2, 1)), (NJ, P, 2, 2)),
+                                 (0, 1, 3, 2)))
+    y = _scatter_step(lo, hi, lane[None, :, None], P // 4)             # [NJ, P, 2]: s0
+    lo, hi = tl.split(y)
+    y = _scatter_step(lo, hi, lane[None, :], P // 8)                   # [NJ, P]
+    if P >= 16:
+        y = y + _shfl_xor(y, P // 16)
+    if P >= 32:
+        y = y + _shfl_xor(y, P // 32)
+    return y
+
+
+@triton.jit
+def _store_sums(s, o, ii, is_c, keep, n_outer, n_inner, col, rev, g, b64, dB_ptr, dC_ptr,
+                sdb, sdc):
+    """Store channel sums s at line o, position ii of the map of dC where
+    is_c, else of dB, where keep (tensors of one shape)."""
+    bdb, odb, idb = _line(sdb[3], sdb[4], col, rev, n_outer, n_inner)
+    bdc, odc, idc = _line(sdc[3], sdc[4], col, rev, n_outer, n_inner)
+    ptr = tl.where(is_c, dC_ptr + b64 * sdc[0] + (g * sdc[1] + bdc + o * odc + ii * idc),
+                   dB_ptr + b64 * sdb[0] + (g * sdb[1] + bdb + o * odb + ii * idb))
+    tl.store(ptr, s.to(dB_ptr.dtype.element_ty), mask=(o < n_outer) & (ii < n_inner) & keep)
+
+
+@triton.jit
 def _store_lane_sums(s, ro, rj, n_outer, n_inner, col, rev, g, b64, dB_ptr, dC_ptr, sdb, sdc,
                      R: tl.constexpr, NJ: tl.constexpr):
     """Store the [32] lane sums of :func:`_lane_sums` (dB in lanes 0-15, dC
@@ -617,13 +661,27 @@ def _store_lane_sums(s, ro, rj, n_outer, n_inner, col, rev, g, b64, dB_ptr, dC_p
     sel = tl.arange(0, NJ)[:, None] == (f // R)[None, :]
     o = tl.sum(tl.where(sel, ro[:, None], 0), axis=0)
     ii = tl.sum(tl.where(sel, rj[:, None], 0), axis=0) * R + f % R
-    bdb, odb, idb = _line(sdb[3], sdb[4], col, rev, n_outer, n_inner)
-    bdc, odc, idc = _line(sdc[3], sdc[4], col, rev, n_outer, n_inner)
-    ptr = tl.where((lane & 16) != 0,
-                   dC_ptr + b64 * sdc[0] + (g * sdc[1] + bdc + o * odc + ii * idc),
-                   dB_ptr + b64 * sdb[0] + (g * sdb[1] + bdb + o * odb + ii * idb))
-    tl.store(ptr, s.to(dB_ptr.dtype.element_ty),
-             mask=(o < n_outer) & (ii < n_inner) & ((lane & 1) == 0))
+    _store_sums(s, o, ii, (lane & 16) != 0, (lane & 1) == 0, n_outer, n_inner, col, rev, g, b64,
+                dB_ptr, dC_ptr, sdb, sdc)
+
+
+@triton.jit
+def _store_pair_lane_sums(s, ro, rj, n_outer, n_inner, col, rev, g, b64, dB_ptr, dC_ptr, sdb,
+                          sdc, NJ: tl.constexpr, BD: tl.constexpr):
+    """Store the [NJ, BD / 2] lane sums of :func:`_pair_lane_sums` at their
+    steps of the chunk of runs (ro, rj) (runs of 4 steps)."""
+    P: tl.constexpr = BD // 2
+    lane = tl.arange(0, P)[None, :]
+    step = 2 * ((lane & (P // 4)) != 0).to(tl.int32) + ((lane & (P // 8)) != 0).to(tl.int32)
+    # flat [NJ * P], one value a thread: a [NJ, P] store took a layout with
+    # the runs on the lanes, converted through shared memory
+    n: tl.constexpr = NJ * P
+    o = tl.reshape(tl.broadcast_to(ro[:, None], (NJ, P)), (n,))
+    ii = tl.reshape(rj[:, None] * 4 + step, (n,))
+    is_c = tl.reshape(tl.broadcast_to((lane & (P // 2)) != 0, (NJ, P)), (n,))
+    keep = tl.reshape(tl.broadcast_to(lane % (P // 8) == 0, (NJ, P)), (n,))
+    _store_sums(tl.reshape(s, (n,)), o, ii, is_c, keep, n_outer, n_inner, col, rev, g, b64,
+                dB_ptr, dC_ptr, sdb, sdc)
 
 
 @triton.jit
@@ -1055,9 +1113,13 @@ def _bwd_kernel(u_ptr, dt_ptr, z_ptr, dy_ptr, A_ptr, D_ptr, bias_ptr, B_ptr, C_p
             _st(ddt_ptr + b64 * sddt[0] + off_ddt, ddt.to(ddt_ptr.dtype.element_ty), store_d,
                 MEM_T, '')
             # dB, dC: reduced over the tile's channels, one value per (step, state)
-            if LANE_SUMS:
+            if LANE_SUMS == 1:
                 _store_lane_sums(_lane_sums(dhs * (dtv * u), hs * gy, BD), ro, rj, n_outer,
                                  n_inner, col, rev, g, b64, dB_ptr, dC_ptr, sdb, sdc, R, NJ)
+            elif LANE_SUMS == 2:
+                _store_pair_lane_sums(_pair_lane_sums(dhs * (dtv * u), hs * gy, NJ, BD), ro, rj,
+                                      n_outer, n_inner, col, rev, g, b64, dB_ptr, dC_ptr, sdb,
+                                      sdc, NJ, BD)
             else:
                 mbc = valid[:, :, None] & (nn < N)[None, None, :]
                 bdb, odb, idb = _line(sdb[3], sdb[4], col, rev, n_outer, n_inner)
@@ -1227,21 +1289,36 @@ def _ties_last() -> bool:
     return tuple(int(v) for v in triton.__version__.split('.')[:2]) >= (3, 7)
 
 
-def _lane_sums_fit(cfg: Dict[str, int], layout: Dict[str, int], per: int,
-                   *strides: Tuple[int, ...]) -> bool:
-    """Whether the backward sums dB and dC over channels by the lanes'
-    reduce-scatter (``LANE_SUMS``, :func:`_lane_sums`): compiled, one state,
-    a thread per channel (steps inside a thread, single channels, where
-    Triton cannot prove pairs either) and a channel per lane (``BD = 32 *
-    warps``), 8 steps a thread (``NJ * R``): GroupMamba's stage-3 tiles.
+def _lane_sums_mode(cfg: Dict[str, int], layout: Dict[str, int], per: int,
+                    *strides: Tuple[int, ...]) -> int:
+    """How the backward sums dB and dC over channels (``LANE_SUMS``): 0 by
+    ``tl.sum``; 1 by the lanes' reduce-scatter of :func:`_lane_sums`; 2 by
+    that of :func:`_pair_lane_sums`. Both are compiled only (inline PTX
+    shuffles), for one state with the steps inside a thread, and rely on the
+    tile's layout, which these conditions fix:
+
+    - 1: a thread per channel (single channels, where Triton cannot prove
+      pairs either), a channel per lane (``BD = 32 * warps``), 8 steps a
+      thread (``NJ * R``): GroupMamba's stage-3 tiles;
+    - 2: channel pairs (ours, ``VEC = 2``, or proven by Triton, see
+      :func:`_proven`), runs of 4 steps, the BD / 2 pairs on 8 to 32 lanes
+      and the runs on the other lanes and the warps (``NJ * BD / 2 = 32 *
+      warps``): the tiles of stages 1 and 2 and of the dense maps' stage 1
+      (``tests/ops/test_scan_layout.py`` checks that layout).
+
     The backward's host adds what the stores need: dB and dC stored
     directly (one tile per group, not the states mode) and of one dtype
-    (one store takes both). ``cfg['LANE_SUMS']`` = 0 turns it off (a test
-    and benchmark hook)."""
-    return (not _INTERPRET and cfg.get('LANE_SUMS', 1) == 1 and cfg['NP'] == 1
-            and layout['SA'] == 1 and layout['VEC'] == 1
-            and not _proven(per, layout['GROUPED'], *strides)
-            and cfg['BD'] == 32 * cfg['num_warps'] and cfg['NJ'] * cfg['R'] == 8)
+    (one store takes both). ``cfg['LANE_SUMS']`` = 0 turns both off (a
+    test and benchmark hook)."""
+    if _INTERPRET or cfg.get('LANE_SUMS', 1) == 0 or cfg['NP'] != 1 or layout['SA'] != 1:
+        return 0
+    pairs = layout['VEC'] == 2 or _proven(per, layout['GROUPED'], *strides)
+    if not pairs and cfg['BD'] == 32 * cfg['num_warps'] and cfg['NJ'] * cfg['R'] == 8:
+        return 1
+    if (pairs and cfg['R'] == 4 and cfg['BD'] in (16, 32, 64)
+            and cfg['NJ'] * cfg['BD'] // 2 == 32 * cfg['num_warps']):
+        return 2
+    return 0
 
 
 def _scaled(grouped: bool, *strides: Tuple[int, ...]) -> List[int]:
@@ -1429,8 +1506,8 @@ def selective_scan_2d_bwd_triton(dy, dlast, u, delta, A, B, C, codes: List[int],
                   SOFTPLUS=bool(delta_softplus), HAS_DLAST=dlast is not None,
                   ATOMIC_BC=atomic, num_warps=cfg['num_warps'],
                   EVEN=height % cfg['R'] == 0 and width % cfg['R'] == 0,
-                  LANE_SUMS=(not (atomic or states) and dB.dtype == dC.dtype
-                             and _lane_sums_fit(cfg, layout, dim // groups, *maps)), **layout)
+                  LANE_SUMS=(0 if atomic or states or dB.dtype != dC.dtype
+                             else _lane_sums_mode(cfg, layout, dim // groups, *maps)), **layout)
     with _device_ctx(u):
         for summary in ((True, False) if nseg > 1 else (False,)):
             _bwd_kernel[grid](

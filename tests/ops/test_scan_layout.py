@@ -59,6 +59,24 @@ def _steps_across_threads(ttgir: str, run: int) -> List[str]:
     return bad
 
 
+def _pairs_off_the_low_lanes(ttgir: str, bd: int, run: int) -> List[str]:
+    """The loads of [NJ, R, BD] tiles (or their transposes) whose channel
+    pairs are not on the low lanes with the runs above them, the layout the
+    backward's pair lane sums take (``_pair_lane_sums``: pair p of a run on
+    lane p of the BD / 2 lowest, a pair inside a thread)."""
+    layouts = _layouts(ttgir)
+    bad = []
+    for op, shape, name in _memory_tiles(ttgir):
+        if op != 'tt.load' or shape[-1] != bd or run not in shape[:2]:
+            continue
+        lay = layouts[name]
+        runs = 1 - shape.index(run)
+        if (lay['sizePerThread'][2] != 2 or lay['threadsPerWarp'][2] != bd // 2
+                or lay['order'][0] != 2 or lay['threadsPerWarp'][runs] != 64 // bd):
+            bad.append(f'{shape} {name} = {lay}')
+    return bad
+
+
 def _compile(tmp_path, *overrides: str, flags: Tuple[str, ...] = ()) -> Dict[str, str]:
     env = dict(os.environ)
     env.pop('TRITON_INTERPRET', None)   # a real compile, for sm_90
@@ -88,6 +106,20 @@ def test_layout_reader_flags_steps_across_lanes():
     assert len(bad) == 2 and '#blocked1' in bad[0] and '(4, 32, 1)' in bad[1]
 
 
+def test_layout_reader_flags_pairs_off_the_low_lanes():
+    ttgir = ('#blocked = #ttg.blocked<{sizePerThread = [1, 1, 2], threadsPerWarp = [4, 1, 8], '
+             'warpsPerCTA = [8, 1, 1], order = [2, 0, 1]}>\n'
+             '#blocked1 = #ttg.blocked<{sizePerThread = [1, 1, 2], threadsPerWarp = [1, 4, 8], '
+             'warpsPerCTA = [1, 8, 1], order = [2, 1, 0]}>\n'
+             '#blocked2 = #ttg.blocked<{sizePerThread = [1, 1, 2], threadsPerWarp = [8, 1, 4], '
+             'warpsPerCTA = [8, 1, 1], order = [0, 2, 1]}>\n'
+             '  %1 = tt.load %0 : tensor<32x4x16x!tt.ptr<f32>, #blocked>\n'
+             '  %2 = tt.load %0 : tensor<4x32x16x!tt.ptr<f32>, #blocked1>\n'   # transposed
+             '  %3 = tt.load %0 : tensor<32x4x16x!tt.ptr<f32>, #blocked2>\n')  # runs lowest
+    bad = _pairs_off_the_low_lanes(ttgir, 16, RUN)
+    assert len(bad) == 1 and '#blocked2' in bad[0]
+
+
 def test_stage1_steps_stay_inside_a_thread(tmp_path):
     """The installed Triton's layouts, on channels-last maps and on the
     GroupMamba layer's own (grouped delta, B and C columns of x_proj's
@@ -99,5 +131,10 @@ def test_stage1_steps_stay_inside_a_thread(tmp_path):
             tiles = [shape for _, shape, _ in _memory_tiles(ttgir) if RUN in shape]
             assert len(tiles) >= 4, (maps, name)            # u, delta, B, C (fwd); + dy (bwd)
             assert _steps_across_threads(ttgir, RUN) == [], (maps, name)
+            if name == 'bwd':
+                # and the pairs where the backward's lane sums take them (u, delta, dy)
+                assert sum(op == 'tt.load' and shape[-1] == STAGE1[0]
+                           for op, shape, _ in _memory_tiles(ttgir)) >= 3, maps
+                assert _pairs_off_the_low_lanes(ttgir, STAGE1[0], RUN) == [], maps
     other = _compile(tmp_path / 'other', f'MEM_T={int(not _ties_last())}')
     assert all(_steps_across_threads(ttgir, RUN) for ttgir in other.values())

@@ -308,35 +308,43 @@ def test_default_gpu_tiles(shape, states, request):
     _check(inp, ('lr', 'tb', 'rl', 'bt')[:shape[2]], True, states=states)
 
 
-@pytest.mark.parametrize('shape, layout, tile', [
-    ((2, 348, 4, 1, 14, 14), 'channels_last', {}),      # T stage 3: 87 channels in 128 lanes
-    ((2, 424, 4, 1, 9, 13), 'grouped', {}),             # B stage 3's groups, grouped maps
-    ((2, 80, 4, 1, 5, 6), 'channels_last', dict(BD=32, R=8, NJ=1, num_warps_bwd=1)),
-    ((2, 156, 4, 1, 6, 7), 'channels_last', dict(BD=64, R=4, NJ=2, num_warps_bwd=2)),
+@pytest.mark.parametrize('shape, layout, tile, mode', [
+    ((2, 348, 4, 1, 14, 14), 'channels_last', {}, 1),   # T stage 3: 87 channels in 128 lanes
+    ((2, 424, 4, 1, 9, 13), 'grouped', {}, 1),          # B stage 3's groups, grouped maps
+    ((2, 80, 4, 1, 5, 6), 'channels_last', dict(BD=32, R=8, NJ=1, num_warps_bwd=1), 1),
+    ((2, 156, 4, 1, 6, 7), 'channels_last', dict(BD=64, R=4, NJ=2, num_warps_bwd=2), 1),
+    # channel pairs: T stage 1's tile (8 pairs a run, 32 runs on 8 warps),
+    # Triton's own pairs, on lines that runs of 4 do not divide
+    ((2, 64, 4, 1, 56, 56), 'channels_last', dict(NJ=32, num_warps=8, num_warps_bwd=8), 2),
+    ((2, 64, 4, 1, 18, 22), 'grouped', {}, 2),          # 16 runs on 4 warps
+    ((2, 96, 4, 1, 20, 12), 'channels_last', {}, 2),    # B stage 1's groups: our pairs, 16 a run
+    ((2, 128, 4, 1, 14, 30), 'grouped', {}, 2),         # T stage 2's: 16 pairs a run
+    ((2, 192, 4, 1, 12, 20), 'channels_last', {}, 2),   # B stage 2's: 32 pairs, a run a warp
 ])
-def test_lane_sums(shape, layout, tile, request, scan_override, monkeypatch):
+def test_lane_sums(shape, layout, tile, mode, request, scan_override, monkeypatch):
     """dB and dC summed over channels by the lanes' reduce-scatter
-    (``LANE_SUMS``, inline PTX shuffles, so compiled only): taken for these
-    tiles (a channel per lane, 8 steps a thread, 1 or 2 runs), every
-    gradient against float64 and against the butterfly sums of ``tl.sum``."""
+    (``LANE_SUMS``, inline PTX shuffles, so compiled only): taken in the
+    given mode for these tiles (1: a channel per lane, 8 steps a thread, 1
+    or 2 runs; 2: channel pairs, runs of 4), every gradient against float64
+    and against the sums of ``tl.sum``."""
     if not request.config.getoption('--gpu'):
         pytest.skip('GPU-only (inline PTX)')
     if not torch.cuda.is_available():
         pytest.skip('no CUDA')
     from mmgroupmamba.ops import triton_scan
     taken = []
-    fit = triton_scan._lane_sums_fit
-    monkeypatch.setattr(triton_scan, '_lane_sums_fit',
+    fit = triton_scan._lane_sums_mode
+    monkeypatch.setattr(triton_scan, '_lane_sums_mode',
                         lambda *a: taken.append(fit(*a)) or taken[-1])
     dirs = ('lr', 'tb', 'rl', 'bt')
     scan_override(**tile)
     inp = make_inputs(*shape, layout=layout, device='cuda', seed=shape[1])
     _check(inp, dirs, True, dy_like_y=True)
     y, last, grads = run_scan(inp, dirs, True, backend='triton', dy_like_y=True)
-    assert taken == [True, True]
+    assert taken == [mode, mode]
     scan_override(LANE_SUMS=0, **tile)
     y0, last0, grads0 = run_scan(inp, dirs, True, backend='triton', dy_like_y=True)
-    assert taken == [True, True, False]
+    assert taken == [mode, mode, 0]
     assert torch.equal(y, y0)
     assert all(rel_err(grads[k], grads0[k]) <= 1e-6 for k in grads)
 
@@ -355,28 +363,38 @@ def gpu_heuristic(monkeypatch):
 
 
 def test_lane_sums_where_they_fit(gpu_heuristic, monkeypatch):
-    """The backward sums dB/dC by the lanes' reduce-scatter only where its
-    lane arithmetic holds: one state, single channels with the steps inside
-    a thread (no pairs, neither ours nor those Triton proves aligned), a
-    channel per lane and 8 steps a thread; never in the interpreter."""
+    """The backward sums dB/dC by a lanes' reduce-scatter only where its
+    lane arithmetic holds, one state with the steps inside a thread: mode 1
+    for single channels (neither our pairs nor those Triton proves aligned),
+    a channel per lane and 8 steps a thread; mode 2 for channel pairs, runs
+    of 4 and 8 to 32 lanes of pairs, the runs on the rest; never in the
+    interpreter."""
     ts = gpu_heuristic
 
-    def fit(per, cfg, **kw):
-        maps = ts._map_strides(torch.zeros(2, 14, 14, 4 * per).permute(0, 3, 1, 2), 4)
+    def mode(per, cfg, hw=(14, 14), **kw):
+        maps = ts._map_strides(torch.zeros(2, *hw, 4 * per).permute(0, 3, 1, 2), 4)
         cfg = dict(dict(NP=1, BD=128, R=8, NJ=1, num_warps=4), **cfg)
-        return ts._lane_sums_fit(cfg, dict(ts._layout(cfg, 4, per, maps, shift=False), **kw),
-                                 per, maps)
-    assert fit(87, {}) and fit(106, {})                  # T and B stage 3
-    assert fit(39, dict(BD=64, R=4, NJ=2, num_warps=2))
-    assert not fit(112, dict(R=4, NJ=2))                 # Triton's own pairs (16 | 112)
-    assert not fit(87, {}, VEC=2)
-    assert not fit(87, dict(num_warps=2))                # two channels a lane
-    assert not fit(87, dict(R=4))                        # 4 steps a thread
-    assert not fit(87, dict(NP=2))
-    assert not fit(87, dict(LANE_SUMS=0))
-    assert not fit(87, {}, SA=0)                         # steps across lanes
+        return ts._lane_sums_mode(cfg, dict(ts._layout(cfg, 4, per, maps, shift=False), **kw),
+                                  per, maps)
+    assert mode(87, {}) == 1 and mode(106, {}) == 1      # T and B stage 3
+    assert mode(39, dict(BD=64, R=4, NJ=2, num_warps=2)) == 1
+    assert mode(87, {}, VEC=2) == 0
+    assert mode(87, dict(num_warps=2)) == 0              # two channels a lane
+    assert mode(87, dict(R=4)) == 0                      # 4 steps a thread
+    assert mode(87, dict(NP=2)) == 0
+    assert mode(87, dict(LANE_SUMS=0)) == 0
+    assert mode(87, {}, SA=0) == 0                       # steps across lanes
+    t1 = dict(BD=16, R=4, NJ=32, num_warps=8)            # T stage 1: Triton's pairs (16 | 16)
+    assert mode(16, t1, (56, 56)) == 2
+    assert mode(24, dict(BD=32, R=4, NJ=8), (56, 56)) == 2        # B stage 1: our pairs
+    assert mode(48, dict(BD=64, R=4, NJ=4), (28, 28)) == 2        # B stage 2
+    assert mode(112, dict(R=4, NJ=2)) == 0               # 64 pairs: more than a warp's lanes
+    assert mode(16, dict(t1, NJ=16), (56, 56)) == 0      # runs fewer than the lanes and warps
+    assert mode(16, dict(t1, R=8, NJ=16), (56, 56)) == 0
+    assert mode(24, dict(BD=32, R=4, NJ=8), (56, 56), VEC=1) == 0   # single channels
+    assert mode(16, dict(t1, LANE_SUMS=0), (56, 56)) == 0
     monkeypatch.setattr(ts, '_INTERPRET', True)
-    assert not fit(87, {})
+    assert mode(87, {}) == 0 and mode(16, t1, (56, 56)) == 0
 
 
 @pytest.mark.parametrize('height, width, states, want', [
