@@ -89,9 +89,9 @@ u and y) and the maps are well over the L2, the forward asks the L2 to keep
 u's and y's lines (``evict_last``) until the other directions' programs have
 used them (see :func:`_l2_policy`).
 
-Interpreter (``TRITON_INTERPRET=1``): no libdevice (``tl.log``, ``tl.exp``
-and ``/`` where compiled kernels take the hardware's approximate log2, exp2
-and division, see :func:`_exp`), bf16 only loaded and cast, and a fixed
+Interpreter (``TRITON_INTERPRET=1``): no libdevice (``tl.exp`` and ``/``
+where compiled kernels take the hardware's approximate exp2 and division,
+see :func:`_exp`), bf16 only loaded and cast, and a fixed
 small config (no autotuning) so CI stays fast.
 
 States mode (``STATES``, Spatial-Mamba): without C the forward stores the
@@ -111,8 +111,8 @@ from triton.language.extra import libdevice
 from .reference import map_shape
 
 _INTERPRET = os.environ.get('TRITON_INTERPRET', '0') == '1'
-#: compiled kernels take the hardware's approximate exp2, log2 and reciprocal
-#: (libdevice), see :func:`_exp` and :func:`_softplus`
+#: compiled kernels take the hardware's approximate exp2 and reciprocal
+#: (libdevice), see :func:`_exp` and :func:`_div`
 _HW_MATH = tl.constexpr(not _INTERPRET)
 
 #: Test/benchmark hook: keys 'BD' (channels per program, both passes), 'R'
@@ -279,40 +279,36 @@ def _div(a, b):
 
 
 @triton.jit
-def _softplus(x, FAST_EXP: tl.constexpr):
+def _softplus(x):
     """softplus(x) = log(1 + e^x) and its derivative e^x / (1 + e^x).
 
-    Compiled, ``tl.log`` is a polynomial of about 20 instructions (softplus
-    was 17% of the forward's instructions at stage 3, docs/benchmarks.md).
-    Here log(1 + e) is a series where 1 + e is near 1 and elsewhere the
-    hardware log2 (PTX ``lg2.approx``, absolute error about 2^-22), which is
-    then within 1.5e-6 relative (rounding 1 + e in fp32 alone gives 7e-7).
-    The interpreter has no libdevice and takes ``tl.log`` there.
+    Taken as max(x, 0) + log(1 + t) with t = e^-|x| in (0, 1], and log(1 +
+    t) = t P(t), P a degree-7 polynomial fitted to minimise the relative
+    error on [0, 1] (1.9e-7; 4e-7 evaluated in fp32, with the hardware's
+    approximate exp 6e-7): 12 instructions an element and one exponential.
+    (``tl.log`` compiles to a polynomial of about 20 instructions; the
+    series for small e^x with the hardware log2 elsewhere that this
+    replaces took 16 and two special-function instructions, softplus being
+    a fifth of the GroupMamba-T stage-1 backward's loop.) The derivative
+    is [x > 0 ? 1 : t] / (1 + t). No argument overflows the exponential,
+    and a NaN x gives NaN through t, as in the reference.
 
-    e^x is taken of min(x, 20), a minimum that propagates NaN: the default
-    one returns its other operand, and a NaN delta became softplus 20, a
-    finite y where the reference gives NaN.
-
-    ``FAST_EXP`` takes :func:`_exp` for e^x, else ``tl.exp``: the backward
-    keeps ``tl.exp`` here because with :func:`_exp` ptxas issued half of
-    its prefetch loads about 120 instructions later in the stage-3 loop,
-    which then waited on memory (ncu: long-scoreboard stalls 0.11 -> 0.60
-    per issued instruction) and ran 9% slower on an H100.
+    Both passes take :func:`_exp`. (The backward took ``tl.exp`` while the
+    old form's fast exponential made ptxas issue the stage-3 prefetch loads
+    late; with this form the fast one was as fast or faster in every case
+    measured. Against the old form one case lost: with triton 3.6 the
+    stage-3 bf16 backward, 5-6%, its prefetch waited on earlier; see
+    docs/benchmarks.md.)
     """
-    xc = tl.minimum(x, 20.0, propagate_nan=tl.PropagateNan.ALL)
-    if FAST_EXP:
-        e = _exp(xc)
-    else:
-        e = tl.exp(xc)
-    # log1p(e) for e < 1/8, 7 terms: truncation < (1/8)^7 / 8 < 1e-7 relative
-    series = e * (1.0 + e * (-0.5 + e * (0.3333333333333333 + e * (
-        -0.25 + e * (0.2 + e * (-0.16666666666666666 + e * 0.14285714285714285))))))
-    if _HW_MATH:
-        lg = libdevice.fast_logf(1.0 + e)
-    else:
-        lg = tl.log(1.0 + e)
-    sp = tl.where(x > 20.0, x, tl.where(e < 0.125, series, lg))
-    return sp, tl.where(x > 20.0, 1.0, _div(e, 1.0 + e))
+    t = _exp(-tl.abs(x))
+    p = -0.008539144 * t + 0.0440893
+    p = p * t - 0.10768108
+    p = p * t + 0.17745183
+    p = p * t - 0.24495435
+    p = p * t + 0.33275473
+    p = p * t - 0.49997404
+    p = p * t + 0.9999998
+    return tl.maximum(x, 0.0) + p * t, _div(tl.where(x > 0.0, 1.0, t), 1.0 + t)
 
 
 @triton.jit
@@ -456,16 +452,15 @@ def _chan(sg, sc, g, d, dl, GROUPED: tl.constexpr):
 
 
 @triton.jit
-def _delta(dt, bias, valid, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-           FAST_EXP: tl.constexpr):
+def _delta(dt, bias, valid, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
     """(delta after bias/softplus, zero on padding; d delta / d(dt + bias),
-    the softplus derivative, or 1). ``FAST_EXP``: see :func:`_softplus`."""
+    the softplus derivative, or 1)."""
     if HAS_BIAS:
         dt = dt + bias[None, None, :]
     dtv = dt
     dsp = tl.full(dt.shape, 1.0, tl.float32)
     if SOFTPLUS:
-        dtv, dsp = _softplus(dt, FAST_EXP)
+        dtv, dsp = _softplus(dt)
     return tl.where(valid, dtv, 0.0), dsp
 
 
@@ -889,7 +884,7 @@ def _fwd_kernel(u_ptr, dt_ptr, z_ptr, y_ptr, A_ptr, D_ptr, bias_ptr, B_ptr, C_pt
         o, ii, valid = _slots(runs, n_outer, n_inner, R, SA, EVEN)
         runs = runs_n
         m3 = valid[:, :, None] & kmask[None, None, :]
-        dtv, _ = _delta(dt_raw, bias, m3, HAS_BIAS, SOFTPLUS, True)
+        dtv, _ = _delta(dt_raw, bias, m3, HAS_BIAS, SOFTPLUS)
         if SAVE_CKPT:
             tl.store(ckpt_ptr + _carry(_ckpt_off(b, c, d, nk, dim, NCH, N, CK_CM), SA), h,
                      mask=_carry(kmask, SA))
@@ -1061,7 +1056,7 @@ def _bwd_kernel(u_ptr, dt_ptr, z_ptr, dy_ptr, A_ptr, D_ptr, bias_ptr, B_ptr, C_p
         ro, rj = runs
         runs = runs_n
         m3 = valid[:, :, None] & kmask[None, None, :]
-        dtv, dsp = _delta(dt_r.to(tl.float32), bias, m3, HAS_BIAS, SOFTPLUS, False)
+        dtv, dsp = _delta(dt_r.to(tl.float32), bias, m3, HAS_BIAS, SOFTPLUS)
         a = _exp(dtv * A[None, None, :])                                # 1 on padding
         dy = dy_r.to(tl.float32)
         Cv = C_r.to(tl.float32)
