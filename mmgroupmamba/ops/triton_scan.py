@@ -87,7 +87,9 @@ start at an even channel (``SHIFT``, see :func:`_program`).
 L2 policy: where the four groups' channels share cache lines (channels-last
 u and y) and the maps are well over the L2, the forward asks the L2 to keep
 u's and y's lines (``evict_last``) until the other directions' programs have
-used them (see :func:`_l2_policy`).
+used them (see :func:`_l2_policy`). The backward's dB and dC stores ask the
+same, so that the sectors a column direction fills a value at a time are
+not written back half full (see :data:`_BC_POLICY`).
 
 Interpreter (``TRITON_INTERPRET=1``): no libdevice (``tl.exp`` and ``/``
 where compiled kernels take the hardware's approximate exp2 and division,
@@ -121,7 +123,8 @@ _HW_MATH = tl.constexpr(not _INTERPRET)
 #: evicted half written costs a read from DRAM to merge it. Kept in the L2,
 #: the GroupMamba-T stage-1 fp32 backward took 265 us instead of 275 on an
 #: H100, B's 437 instead of 445 (bf16 408 instead of 428), Mask R-CNN's 145
-#: instead of 151; no case got slower (docs/benchmarks.md).
+#: instead of 151; no case got slower beyond run-to-run spread
+#: (docs/benchmarks.md).
 _BC_POLICY = tl.constexpr('evict_last')
 
 #: Test/benchmark hook: keys 'BD' (channels per program, both passes), 'R'
@@ -306,7 +309,7 @@ def _softplus(x):
     old form's fast exponential made ptxas issue the stage-3 prefetch loads
     late; with this form the fast one was as fast or faster in every case
     measured. Against the old form one case lost: with triton 3.6 the
-    stage-3 bf16 backward, 5-6%, its prefetch waited on earlier; see
+    stage-3 bf16 backward, 4-6%, its prefetch waited on earlier; see
     docs/benchmarks.md.)
     """
     t = _exp(-tl.abs(x))
