@@ -75,8 +75,11 @@ tile in registers and stored directly when one tile holds the whole group
 channel per lane (GroupMamba's stage 3) the reduction is a reduce-scatter
 over the lanes (:func:`_lane_sums`), and with channel pairs (stages 1 and
 2) one over the lanes that hold a run's pairs (:func:`_pair_lane_sums`);
-dA/dD/d(delta_bias) are accumulated per program and summed on the host
-(deterministic).
+dA/dD/d(delta_bias) are accumulated per program into one partials buffer
+and summed over programs by one small kernel (:func:`_sum_partials_kernel`,
+deterministic: the three ``torch.sum`` launches it replaces took 7.6 us
+of the GroupMamba-T stage-1 backward on an H100, it takes 1.8; that
+backward went from 265 to 255 us, docs/benchmarks.md).
 
 Channel pairs: with channels-last maps a thread holds a run of two
 adjacent channels, loaded and stored as one vector where the compiler can
@@ -126,6 +129,12 @@ _HW_MATH = tl.constexpr(not _INTERPRET)
 #: instead of 151; no case got slower beyond run-to-run spread
 #: (docs/benchmarks.md).
 _BC_POLICY = tl.constexpr('evict_last')
+
+#: Tile of the backward's final sum over programs (:func:`_sum_partials_kernel`):
+#: rows (batch elements x segments) a step, columns (channel-state sums) a
+#: program. Most rows in one step: 1.8 us at GroupMamba-T stage 1 on an H100,
+#: against 3.5 with tiles of 32 rows x 64 columns on 2 warps.
+_SUM_BLOCK_R, _SUM_BLOCK_C, _SUM_WARPS = 128, 32, 4
 
 #: Test/benchmark hook: keys 'BD' (channels per program, both passes), 'R'
 #: (steps per run), 'NJ' (runs per chunk), 'CPS' (chunks per segment),
@@ -984,7 +993,7 @@ def _bwd_loads(runs, live, n_outer, n_inner, col, rev, kmask, b64, g, d, dl, nk,
 @triton.jit(do_not_specialize=['ck_sd'])
 def _bwd_kernel(u_ptr, dt_ptr, z_ptr, dy_ptr, A_ptr, D_ptr, bias_ptr, B_ptr, C_ptr,
                 ckpt_ptr, ck_sb, ck_sc, ck_sd, dlast_ptr, sq_ptr, sg_ptr,
-                du_ptr, ddt_ptr, dz_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr, dbias_ptr, dir_bits,
+                du_ptr, ddt_ptr, dz_ptr, dB_ptr, dC_ptr, part_ptr, dir_bits,
                 dim, per, H, W, N, NCH, NSEG, CPS, N_DT,
                 su, sd, sz, sdy, sdu, sddt, sdz, sb, sc, sdb, sdc,
                 BD: tl.constexpr, NP: tl.constexpr, R: tl.constexpr, NJ: tl.constexpr,
@@ -1154,11 +1163,36 @@ def _bwd_kernel(u_ptr, dt_ptr, z_ptr, dy_ptr, A_ptr, D_ptr, bias_ptr, B_ptr, C_p
         tl.store(sq_ptr + soff, q_seg, mask=_carry(kmask, SA))
         tl.store(sg_ptr + soff, x, mask=_carry(kmask, SA))
     else:
-        poff = (b * NSEG + seg) * dim + d
-        tl.store(dA_ptr + poff * N + nk, tl.sum(dA_acc, axis=0), mask=kmask)
+        # this program's row of the partials (batch * NSEG, dim, N + 2):
+        # dA in [..., :N], dD in [..., N], d(delta_bias) in [..., N + 1]
+        poff = ((b * NSEG + seg) * dim + d) * (N + 2)
+        tl.store(part_ptr + poff + nk, tl.sum(dA_acc, axis=0), mask=kmask)
         first = kmask & (nk == 0)
-        tl.store(dD_ptr + poff, tl.sum(dD_acc, axis=0), mask=first)
-        tl.store(dbias_ptr + poff, tl.sum(dbias_acc, axis=0), mask=first)
+        tl.store(part_ptr + poff + N, tl.sum(dD_acc, axis=0), mask=first)
+        tl.store(part_ptr + poff + N + 1, tl.sum(dbias_acc, axis=0), mask=first)
+
+
+@triton.jit
+def _sum_partials_kernel(part_ptr, dA_ptr, dD_ptr, dbias_ptr, rows, cols, N,
+                         HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr,
+                         BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+    """dA (dim, N), dD (dim,) and d(delta_bias) (dim,), each in its output's
+    dtype, from the backward's partials ``part`` (rows, dim, N + 2) summed
+    over rows (one per batch element and segment) in a fixed order; ``cols``
+    = dim * (N + 2), one program per BLOCK_C of them."""
+    c = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
+    cmask = c < cols
+    acc = tl.zeros([BLOCK_C], dtype=tl.float32)
+    for r0 in range(0, rows, BLOCK_R):
+        r = r0 + tl.arange(0, BLOCK_R)
+        acc += tl.sum(tl.load(part_ptr + r[:, None] * cols + c[None, :],
+                              mask=(r[:, None] < rows) & cmask[None, :], other=0.0), axis=0)
+    d, k = c // (N + 2), c % (N + 2)
+    tl.store(dA_ptr + d * N + k, acc.to(dA_ptr.dtype.element_ty), mask=cmask & (k < N))
+    if HAS_D:
+        tl.store(dD_ptr + d, acc.to(dD_ptr.dtype.element_ty), mask=cmask & (k == N))
+    if HAS_BIAS:
+        tl.store(dbias_ptr + d, acc.to(dbias_ptr.dtype.element_ty), mask=cmask & (k == N + 1))
 
 
 # --------------------------------------------------------------------------- host side
@@ -1503,14 +1537,12 @@ def selective_scan_2d_bwd_triton(dy, dlast, u, delta, A, B, C, codes: List[int],
     layout = _layout(cfg, groups, dim // groups, *maps, shift=False)
     st = {k: _halve(v, layout) for k, v in st.items()}
     _check_item_size(dy, u, delta, z, B, C)
-    dA_p = u.new_empty((batch * nseg, dim, n_state), dtype=torch.float32)
-    dD_p = u.new_empty((batch * nseg, dim), dtype=torch.float32)
-    dbias_p = u.new_empty((batch * nseg, dim), dtype=torch.float32)
+    part = u.new_empty((batch * nseg, dim, n_state + 2), dtype=torch.float32)
     summ = (u.new_empty((2, batch, dim, nseg, n_state), dtype=torch.float32) if nseg > 1
-            else (dA_p, dA_p))
+            else (part, part))
     zz = z if z is not None else u
     dzz = dz if dz is not None else du
-    dl = dlast.contiguous() if dlast is not None else dA_p
+    dl = dlast.contiguous() if dlast is not None else part
     grid = (groups * cfg['N_DT'], batch, nseg)
     common = dict(BD=cfg['BD'], NP=cfg['NP'], R=cfg['R'], NJ=cfg['NJ'], HAS_D=D is not None,
                   HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
@@ -1524,7 +1556,7 @@ def selective_scan_2d_bwd_triton(dy, dlast, u, delta, A, B, C, codes: List[int],
             _bwd_kernel[grid](
                 u, delta, zz, dy, A32, D32, bias32, B, B if states else C, ckpt,
                 *_ckpt_strides(ckpt, cfg), dl, summ[0],
-                summ[1], du, ddt, dzz, dB, dB if states else dC, dA_p, dD_p, dbias_p, dirs,
+                summ[1], du, ddt, dzz, dB, dB if states else dC, part, dirs,
                 dim, dim // groups, height, width, n_state, cfg['NCH'], nseg, cfg['CPS'],
                 cfg['N_DT'], st['u'], st['delta'], st['z'], _halve(dy_strides, layout), st['du'],
                 st['ddt'], st['dz'],
@@ -1534,7 +1566,13 @@ def selective_scan_2d_bwd_triton(dy, dlast, u, delta, A, B, C, codes: List[int],
     if atomic:
         dB = dB.to(B.dtype)
         dC = None if states else dC.to(C.dtype)
-    dA = dA_p.sum(0).to(A.dtype)
-    dD = dD_p.sum(0).to(D.dtype) if D is not None else None
-    dbias = dbias_p.sum(0).to(delta_bias.dtype) if delta_bias is not None else None
+    dA = A.new_empty((dim, n_state))
+    dD = D.new_empty(D.shape) if D is not None else None
+    dbias = delta_bias.new_empty(delta_bias.shape) if delta_bias is not None else None
+    cols = dim * (n_state + 2)
+    with _device_ctx(u):
+        _sum_partials_kernel[(_cdiv(cols, _SUM_BLOCK_C),)](
+            part, dA, dD if dD is not None else dA, dbias if dbias is not None else dA,
+            batch * nseg, cols, n_state, HAS_D=dD is not None, HAS_BIAS=dbias is not None,
+            BLOCK_R=_SUM_BLOCK_R, BLOCK_C=_SUM_BLOCK_C, num_warps=_SUM_WARPS)
     return du, ddt, dA, dB, dC, dD, dz, dbias

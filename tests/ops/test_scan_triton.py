@@ -659,6 +659,34 @@ def test_softplus_over_its_whole_range(kernel_device):
     torch.testing.assert_close(dx.double(), torch.sigmoid(x64), rtol=5e-6, atol=0)
 
 
+@pytest.mark.parametrize('rows, dim, n_state, has_d, has_bias, block_r', [
+    (70, 37, 3, True, True, 32), (128, 16, 1, True, False, 128), (5, 9, 1, False, True, 128),
+    (200, 20, 16, False, False, 128)])
+def test_sum_partials(rows, dim, n_state, has_d, has_bias, block_r, kernel_device):
+    """The backward's last step: its per-program partials (rows, dim, N + 2)
+    summed over rows into dA, dD and d(delta_bias), each cast to its own
+    dtype, against float64; an absent dD or d(delta_bias) is not written
+    (their pointer is then dA's, which must keep dA's sums). Rows and
+    columns that the blocks do not divide, with the shipped row block and a
+    smaller one (several steps)."""
+    from mmgroupmamba.ops import triton_scan
+    g = torch.Generator().manual_seed(rows * dim + n_state)
+    part = torch.randn(rows, dim, n_state + 2, generator=g).to(kernel_device)
+    want = part.double().sum(0).cpu()
+    dA = torch.full((dim, n_state), float('nan'), device=kernel_device)
+    dD = torch.full((dim,), float('nan'), dtype=torch.float64, device=kernel_device)
+    dbias = torch.full((dim,), float('nan'), dtype=torch.float16, device=kernel_device)
+    cols = dim * (n_state + 2)
+    triton_scan._sum_partials_kernel[(triton_scan._cdiv(cols, triton_scan._SUM_BLOCK_C),)](
+        part, dA, dD if has_d else dA, dbias if has_bias else dA, rows, cols, n_state,
+        HAS_D=has_d, HAS_BIAS=has_bias, BLOCK_R=block_r, BLOCK_C=triton_scan._SUM_BLOCK_C)
+    torch.testing.assert_close(dA.cpu().double(), want[:, :n_state], rtol=1e-5, atol=1e-5)
+    if has_d:
+        torch.testing.assert_close(dD.cpu(), want[:, n_state], rtol=1e-5, atol=1e-5)
+    if has_bias:
+        torch.testing.assert_close(dbias.cpu(), want[:, n_state + 1].half(), rtol=1e-3, atol=1e-3)
+
+
 def test_nan_delta_gives_nan(kernel_device):
     """A NaN in delta reaches y as NaN, as in the reference, and nowhere else
     (the clamp before the exponential must not turn it into a number)."""
