@@ -241,11 +241,16 @@ def scan_config(batch: int, dim: int, groups: int, n_state: int, height: int, wi
     rows = batch * groups * n_dt
     if 'CPS' in ov:
         cps = ov['CPS']
-    elif small or rows >= 2 * sms:
+    elif small or 4 * rows >= 3 * sms:
         cps = nch
     else:
-        # Split a sequence over programs only when rows alone leave SMs idle:
-        # the summary pass re-reads delta, u and B. ~4 programs per SM.
+        # Split a sequence over programs only when rows alone leave a
+        # quarter of the SMs idle: the summary pass re-reads delta, u and B,
+        # and the split grid runs more programs per SM. Measured on an H100
+        # (docs/benchmarks.md), fwd + bwd of the four GroupMamba-T stages:
+        # splitting won at 96 rows or fewer (80 rows: 218 against 248 us),
+        # lost from 112 (275 against 296; 256 rows, batch 64: 443 against
+        # 648). ~4 programs per SM.
         cps = max(2, _cdiv(nch * rows, 4 * sms))
     cps = max(1, min(cps, nch))
     warps = ov.get('num_warps_bwd' if backward else 'num_warps', warps)

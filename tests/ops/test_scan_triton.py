@@ -428,6 +428,23 @@ def test_gpu_heuristic_long_lines(gpu_heuristic, batch, per, want):
     assert {(c['NJ'], c['num_warps']) for c in cfgs} == {want}
 
 
+@pytest.mark.parametrize('batch, per, height, width, want', [
+    (64, 16, 56, 56, 1),      # 256 rows: one segment (3 until the threshold moved)
+    (28, 87, 14, 14, 1),      # 112 rows
+    (24, 87, 14, 14, 5),      # 96 rows: a quarter of the 132 SMs idle, split
+    (24, 16, 56, 56, 6),
+    (2, 16, 200, 334, 66),    # Mask R-CNN 1333x800 stage 1: 8 rows
+])
+def test_gpu_heuristic_splits_sequences_only_for_few_rows(gpu_heuristic, batch, per, height,
+                                                          width, want):
+    """Segments per sequence (both passes): a sequence is split over
+    programs only when its rows (batch x groups x channel tiles) leave a
+    quarter of the SMs idle (H100 measurements, docs/benchmarks.md)."""
+    cfgs = [gpu_heuristic.scan_config(batch, 4 * per, 4, 1, height, width, (0, 1, 2, 3), True,
+                                      backward=b) for b in (False, True)]
+    assert [c['NSEG'] for c in cfgs] == [want, want]
+
+
 @pytest.mark.parametrize('per, hw, states, backward, want', [
     (32, 28, False, False, (32, 4)),   # one tile per group, 4 warps, both passes
     (32, 28, False, True, (32, 4)),
