@@ -677,16 +677,17 @@ def test_softplus_over_its_whole_range(kernel_device):
 
 
 @pytest.mark.parametrize('rows, dim, n_state, has_d, has_bias, block_r', [
-    (70, 37, 3, True, True, 32), (128, 16, 1, True, False, 128), (5, 9, 1, False, True, 128),
-    (200, 20, 16, False, False, 128)])
+    (70, 37, 3, True, True, 32), (128, 16, 1, True, False, None), (5, 9, 1, False, True, None),
+    (200, 20, 16, False, False, None)])
 def test_sum_partials(rows, dim, n_state, has_d, has_bias, block_r, kernel_device):
     """The backward's last step: its per-program partials (rows, dim, N + 2)
     summed over rows into dA, dD and d(delta_bias), each cast to its own
     dtype, against float64; an absent dD or d(delta_bias) is not written
     (their pointer is then dA's, which must keep dA's sums). Rows and
-    columns that the blocks do not divide, with the shipped row block and a
-    smaller one (several steps)."""
+    columns that the blocks do not divide, with the shipped row block
+    (``block_r`` None) and a smaller one (several steps)."""
     from mmgroupmamba.ops import triton_scan
+    block_r = block_r or triton_scan._SUM_BLOCK_R
     g = torch.Generator().manual_seed(rows * dim + n_state)
     part = torch.randn(rows, dim, n_state + 2, generator=g).to(kernel_device)
     want = part.double().sum(0).cpu()
