@@ -49,8 +49,9 @@ Decays are only ever multiplied (in (0, 1]), never formed as exp of a
 cumulative sum and divided, so nothing overflows.
 
 Few rows (detection/segmentation maps: 2 images x 64 channels x 66,800
-steps): when ``batch * groups * channel tiles`` cannot fill the GPU, the
-chunks of a sequence are split into segments run by different programs. A
+steps): when ``batch * groups * channel tiles`` would leave a quarter of the
+SMs idle (see :func:`scan_config`), the chunks of a sequence are split into
+segments run by different programs. A
 summary pass computes each segment's decay product and zero-start final
 state; the main pass chains the summaries of the earlier segments (O(segments)
 tiny loads) and recomputes. The backward does the same in reverse.
