@@ -199,6 +199,13 @@ def ref_times(t: Dict, dirs: List[int], extras: Dict, compiled: bool
     return {'fwd': bench(fwd), 'bwd': bench(bwd)}
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f'expected a positive integer, got {text}')
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--out', default=None, help='write the markdown table here')
@@ -236,6 +243,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--check', action='store_true',
                         help='also report the forward\'s relative error against the reference')
     parser.add_argument('--cases', default=None, help='comma-separated case indices (default: all)')
+    parser.add_argument('--batch', type=_positive, default=None,
+                        help='run every case at this batch instead of its own (per-GPU '
+                             'batches, e.g. the split threshold\'s table in docs/benchmarks.md); '
+                             'the official anchors, timed at the cases\' batch, are then left out')
     parser.add_argument('--compile-max-chunks', type=int, default=8,
                         help='skip torch.compile of the reference above this many chunks '
                              '(its chunk loop is unrolled; compile time grows with it)')
@@ -273,10 +284,13 @@ def main() -> None:
             + ('grouped' if args.grouped_maps else 'the model\'s' if args.model_layouts
                else 'channels-last' if args.channels_last else 'contiguous')
             + f'; directions {args.directions}'
+            + (f'; batch {args.batch} for every case' if args.batch is not None else '')
             + ('; core only (no D, delta_bias, softplus)' if args.core_only else ''))
     print(head, flush=True)
     rows: List[Dict] = []
     for (name, batch, per, height, width, off_f, off_b, groups, states), dtype, override in jobs:
+        if args.batch is not None and args.batch != batch:
+            batch, off_f, off_b = args.batch, None, None
         triton_scan.CONFIG_OVERRIDE.clear()
         triton_scan.CONFIG_OVERRIDE.update(override or {})
         t = make(batch, per, height, width, dtype, groups, args.channels_last,

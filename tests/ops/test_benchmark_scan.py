@@ -31,6 +31,18 @@ def test_two_layout_flags_are_refused(capsys):
         capsys.readouterr().err
 
 
+def test_batch_must_be_positive(capsys):
+    """--batch (every case at one per-GPU batch) takes positive integers and
+    names itself when refusing anything else."""
+    parser = _parser()
+    assert parser.parse_args(['--batch', '64']).batch == 64
+    assert parser.parse_args([]).batch is None
+    for bad in ('0', '-2'):
+        with pytest.raises(SystemExit):
+            parser.parse_args(['--batch', bad])
+        assert '--batch' in capsys.readouterr().err
+
+
 def test_model_layouts_are_the_layers(monkeypatch):
     """``make(model=True)`` (``--model-layouts``, and ``tools/scan_sass.py``'s
     and ``tools/scan_cubins.py``'s option of the same name) gives the scan
